@@ -1,0 +1,297 @@
+"""Plain-dict encodings of the model, shared by commands, snapshots, backups and the API.
+
+Keys are the PascalCase names of the SlimFaas API, so a stored schedule reads like the request
+that created it. Decoders trust their input's shape only as far as ``apply`` does: a malformed
+value raises ``ValueError``/``KeyError``/``TypeError``, which the state machine turns into an
+error result. Validation of user input with good messages lives in ``jobconfig``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slimsched.model import (
+    ConcurrencyPolicy,
+    EnvVar,
+    JobOverrides,
+    JobSpec,
+    KeyRef,
+    ResourceFieldRef,
+    Resources,
+    RestartPolicy,
+    Run,
+    RunStatus,
+    Schedule,
+    TickOutcome,
+    TickRecord,
+)
+
+Json = dict[str, Any]
+
+
+def _drop_none(d: Json) -> Json:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def key_ref_to_dict(ref: KeyRef) -> Json:
+    return {"Name": ref.name, "Key": ref.key}
+
+
+def key_ref_from_dict(d: Json) -> KeyRef:
+    return KeyRef(name=_str(d["Name"]), key=_str(d["Key"]))
+
+
+def env_to_dict(env: EnvVar) -> Json:
+    rf = env.resource_field_ref
+    return _drop_none(
+        {
+            "Name": env.name,
+            "Value": env.value,
+            "SecretKeyRef": key_ref_to_dict(env.secret_key_ref) if env.secret_key_ref else None,
+            "ConfigMapKeyRef": key_ref_to_dict(env.config_map_key_ref) if env.config_map_key_ref else None,
+            "FieldRef": {"FieldPath": env.field_path} if env.field_path is not None else None,
+            "ResourceFieldRef": _drop_none(
+                {"Resource": rf.resource, "ContainerName": rf.container_name, "Divisor": rf.divisor}
+            )
+            if rf
+            else None,
+        }
+    )
+
+
+def env_from_dict(d: Json) -> EnvVar:
+    rf = d.get("ResourceFieldRef")
+    field_ref = d.get("FieldRef")
+    return EnvVar(
+        name=_str(d["Name"]),
+        value=_opt_str(d.get("Value")),
+        secret_key_ref=key_ref_from_dict(d["SecretKeyRef"]) if d.get("SecretKeyRef") else None,
+        config_map_key_ref=key_ref_from_dict(d["ConfigMapKeyRef"]) if d.get("ConfigMapKeyRef") else None,
+        field_path=_str(field_ref["FieldPath"]) if field_ref else None,
+        resource_field_ref=ResourceFieldRef(
+            resource=_str(rf["Resource"]),
+            container_name=_opt_str(rf.get("ContainerName")),
+            divisor=_opt_str(rf.get("Divisor")),
+        )
+        if rf
+        else None,
+    )
+
+
+def resources_to_dict(r: Resources) -> Json:
+    return {"Requests": dict(r.requests), "Limits": dict(r.limits)}
+
+
+def resources_from_dict(d: Json) -> Resources:
+    return Resources(requests=_str_map(d.get("Requests") or {}), limits=_str_map(d.get("Limits") or {}))
+
+
+def overrides_to_dict(o: JobOverrides) -> Json:
+    return _drop_none(
+        {
+            "Image": o.image,
+            "Args": list(o.args) if o.args is not None else None,
+            "Command": list(o.command) if o.command is not None else None,
+            "DependsOn": list(o.depends_on) if o.depends_on is not None else None,
+            "Resources": resources_to_dict(o.resources) if o.resources is not None else None,
+            "Environments": [env_to_dict(e) for e in o.environments] if o.environments is not None else None,
+            "BackoffLimit": o.backoff_limit,
+            "TtlSecondsAfterFinished": o.ttl_seconds_after_finished,
+            "RestartPolicy": o.restart_policy.value if o.restart_policy is not None else None,
+            "ActiveDeadlineSeconds": o.active_deadline_seconds,
+            "Parallelism": o.parallelism,
+            "Completions": o.completions,
+        }
+    )
+
+
+def overrides_from_dict(d: Json) -> JobOverrides:
+    return JobOverrides(
+        image=_opt_str(d.get("Image")),
+        args=_opt_strs(d.get("Args")),
+        command=_opt_strs(d.get("Command")),
+        depends_on=_opt_strs(d.get("DependsOn")),
+        resources=resources_from_dict(d["Resources"]) if d.get("Resources") is not None else None,
+        environments=tuple(env_from_dict(e) for e in d["Environments"])
+        if d.get("Environments") is not None
+        else None,
+        backoff_limit=_opt_int(d.get("BackoffLimit")),
+        ttl_seconds_after_finished=_opt_int(d.get("TtlSecondsAfterFinished")),
+        restart_policy=RestartPolicy(d["RestartPolicy"]) if d.get("RestartPolicy") is not None else None,
+        active_deadline_seconds=_opt_int(d.get("ActiveDeadlineSeconds")),
+        parallelism=_opt_int(d.get("Parallelism")),
+        completions=_opt_int(d.get("Completions")),
+    )
+
+
+def spec_to_dict(s: JobSpec) -> Json:
+    return _drop_none(
+        {
+            "Image": s.image,
+            "Args": list(s.args),
+            "Command": list(s.command),
+            "DependsOn": list(s.depends_on),
+            "Resources": resources_to_dict(s.resources),
+            "Environments": [env_to_dict(e) for e in s.environments],
+            "BackoffLimit": s.backoff_limit,
+            "TtlSecondsAfterFinished": s.ttl_seconds_after_finished,
+            "RestartPolicy": s.restart_policy.value,
+            "ActiveDeadlineSeconds": s.active_deadline_seconds,
+            "Parallelism": s.parallelism,
+            "Completions": s.completions,
+        }
+    )
+
+
+def spec_from_dict(d: Json) -> JobSpec:
+    return JobSpec(
+        image=_str(d["Image"]),
+        args=_strs(d.get("Args", [])),
+        command=_strs(d.get("Command", [])),
+        depends_on=_strs(d.get("DependsOn", [])),
+        resources=resources_from_dict(d.get("Resources") or {}),
+        environments=tuple(env_from_dict(e) for e in d.get("Environments", [])),
+        backoff_limit=_int(d.get("BackoffLimit", 1)),
+        ttl_seconds_after_finished=_opt_int(d.get("TtlSecondsAfterFinished")),
+        restart_policy=RestartPolicy(d.get("RestartPolicy", "Never")),
+        active_deadline_seconds=_opt_int(d.get("ActiveDeadlineSeconds")),
+        parallelism=_int(d.get("Parallelism", 1)),
+        completions=_int(d.get("Completions", 1)),
+    )
+
+
+def schedule_to_dict(s: Schedule) -> Json:
+    return {
+        "Id": s.id,
+        "Name": s.job_name,
+        "Schedule": s.cron,
+        "TimeZone": s.time_zone,
+        "ConcurrencyPolicy": s.concurrency_policy.value,
+        "StartingDeadlineSeconds": s.starting_deadline_seconds,
+        "Paused": s.paused,
+        "CreatedAt": s.created_at_ms,
+        "Source": s.source,
+        "Overrides": overrides_to_dict(s.overrides),
+    }
+
+
+def schedule_from_dict(d: Json) -> Schedule:
+    return Schedule(
+        id=_str(d["Id"]),
+        job_name=_str(d["Name"]),
+        cron=_str(d["Schedule"]),
+        time_zone=_str(d.get("TimeZone", "UTC")),
+        concurrency_policy=ConcurrencyPolicy(d.get("ConcurrencyPolicy", "Allow")),
+        starting_deadline_seconds=_int(d.get("StartingDeadlineSeconds", 60)),
+        paused=_bool(d.get("Paused", False)),
+        created_at_ms=_int(d.get("CreatedAt", 0)),
+        source=_str(d.get("Source", "api")),
+        overrides=overrides_from_dict(d.get("Overrides") or {}),
+    )
+
+
+def run_to_dict(r: Run) -> Json:
+    return _drop_none(
+        {
+            "Id": r.id,
+            "JobName": r.job_name,
+            "Spec": spec_to_dict(r.spec),
+            "Status": r.status.value,
+            "QueuedAt": r.queued_at_ms,
+            "KubeName": r.kube_name,
+            "StartedAt": r.started_at_ms,
+            "FinishedAt": r.finished_at_ms,
+            "ScheduleId": r.schedule_id,
+            "Tick": r.tick,
+            "Reason": r.reason,
+            "DispatchTerm": r.dispatch_term,
+            "DispatchIndex": r.dispatch_index,
+        }
+    )
+
+
+def run_from_dict(d: Json) -> Run:
+    return Run(
+        id=_str(d["Id"]),
+        job_name=_str(d["JobName"]),
+        spec=spec_from_dict(d["Spec"]),
+        status=RunStatus(d["Status"]),
+        queued_at_ms=_int(d["QueuedAt"]),
+        kube_name=_str(d["KubeName"]),
+        started_at_ms=_opt_int(d.get("StartedAt")),
+        finished_at_ms=_opt_int(d.get("FinishedAt")),
+        schedule_id=_opt_str(d.get("ScheduleId")),
+        tick=_opt_int(d.get("Tick")),
+        reason=_opt_str(d.get("Reason")),
+        dispatch_term=_opt_int(d.get("DispatchTerm")),
+        dispatch_index=_opt_int(d.get("DispatchIndex")),
+    )
+
+
+def tick_to_dict(t: TickRecord) -> Json:
+    return _drop_none(
+        {
+            "Tick": t.tick,
+            "Outcome": t.outcome.value,
+            "RecordedAt": t.recorded_at_ms,
+            "RunId": t.run_id,
+            "LatenessMs": t.lateness_ms,
+            "Reason": t.reason,
+        }
+    )
+
+
+def tick_from_dict(d: Json) -> TickRecord:
+    return TickRecord(
+        tick=_int(d["Tick"]),
+        outcome=TickOutcome(d["Outcome"]),
+        recorded_at_ms=_int(d["RecordedAt"]),
+        run_id=_opt_str(d.get("RunId")),
+        lateness_ms=_opt_int(d.get("LatenessMs")),
+        reason=_opt_str(d.get("Reason")),
+    )
+
+
+# -- strict scalar readers: a wrong type is a ValueError, never a silent coercion --------------
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else _str(v)
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"expected an integer, got {type(v).__name__}")
+    return v
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else _int(v)
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected a boolean, got {type(v).__name__}")
+    return v
+
+
+def _strs(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list | tuple):
+        raise ValueError(f"expected a list of strings, got {type(v).__name__}")
+    return tuple(_str(x) for x in v)
+
+
+def _opt_strs(v: Any) -> tuple[str, ...] | None:
+    return None if v is None else _strs(v)
+
+
+def _str_map(v: Any) -> dict[str, str]:
+    if not isinstance(v, dict):
+        raise ValueError(f"expected an object, got {type(v).__name__}")
+    return {_str(k): _str(x) for k, x in v.items()}

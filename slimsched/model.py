@@ -1,0 +1,178 @@
+"""The data slimsched replicates: schedules, runs and their job specs, as frozen dataclasses.
+
+Everything here is a value: no I/O, no clock. Times are integers (milliseconds since the epoch
+for events, whole seconds for cron ticks) put in by whoever proposes a command, so that
+applying the same commands always gives the same values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    """A key of a Secret or ConfigMap (``secretKeyRef`` / ``configMapKeyRef``)."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ResourceFieldRef:
+    resource: str
+    container_name: str | None = None
+    divisor: str | None = None
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable: a literal value or exactly one reference."""
+
+    name: str
+    value: str | None = None
+    secret_key_ref: KeyRef | None = None
+    config_map_key_ref: KeyRef | None = None
+    field_path: str | None = None
+    resource_field_ref: ResourceFieldRef | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Requests and limits by resource name, quantities kept as the user wrote them."""
+
+    requests: Mapping[str, str] = field(default_factory=dict)
+    limits: Mapping[str, str] = field(default_factory=dict)
+
+
+class Visibility(StrEnum):
+    PUBLIC = "Public"
+    PRIVATE = "Private"
+
+
+class RestartPolicy(StrEnum):
+    NEVER = "Never"
+    ON_FAILURE = "OnFailure"
+
+
+class ConcurrencyPolicy(StrEnum):
+    ALLOW = "Allow"
+    FORBID = "Forbid"
+    REPLACE = "Replace"
+
+
+@dataclass(frozen=True)
+class JobOverrides:
+    """What a trigger or a schedule asks to change; ``None`` means "as configured"."""
+
+    image: str | None = None
+    args: tuple[str, ...] | None = None
+    command: tuple[str, ...] | None = None
+    depends_on: tuple[str, ...] | None = None
+    resources: Resources | None = None
+    environments: tuple[EnvVar, ...] | None = None
+    backoff_limit: int | None = None
+    ttl_seconds_after_finished: int | None = None
+    restart_policy: RestartPolicy | None = None
+    active_deadline_seconds: int | None = None
+    parallelism: int | None = None
+    completions: int | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """The merged, validated specification one run executes."""
+
+    image: str
+    args: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    environments: tuple[EnvVar, ...] = ()
+    backoff_limit: int = 1
+    ttl_seconds_after_finished: int | None = None
+    restart_policy: RestartPolicy = RestartPolicy.NEVER
+    active_deadline_seconds: int | None = None
+    parallelism: int = 1
+    completions: int = 1
+
+
+class RunStatus(StrEnum):
+    QUEUED = "Queued"
+    DISPATCHING = "Dispatching"
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    CANCELED = "Canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def active(self) -> bool:
+        """Dispatched and not finished: what ``NumberParallelJob`` counts."""
+        return self in _ACTIVE
+
+
+_TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED})
+_ACTIVE = frozenset(
+    {RunStatus.DISPATCHING, RunStatus.PENDING, RunStatus.RUNNING, RunStatus.IMAGE_PULL_BACK_OFF}
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One execution of a job: queued by a trigger or by a fired cron tick."""
+
+    id: str
+    job_name: str
+    spec: JobSpec
+    status: RunStatus
+    queued_at_ms: int
+    kube_name: str
+    started_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    schedule_id: str | None = None
+    tick: int | None = None
+    reason: str | None = None
+    dispatch_term: int | None = None
+    dispatch_index: int | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A cron schedule of a job, with the overrides each of its runs applies."""
+
+    id: str
+    job_name: str
+    cron: str
+    overrides: JobOverrides = field(default_factory=JobOverrides)
+    time_zone: str = "UTC"
+    concurrency_policy: ConcurrencyPolicy = ConcurrencyPolicy.ALLOW
+    starting_deadline_seconds: int = 60
+    paused: bool = False
+    created_at_ms: int = 0
+    source: str = "api"
+
+
+class TickOutcome(StrEnum):
+    FIRED = "fired"
+    SKIPPED = "skipped"
+    MISSED = "missed"
+
+
+@dataclass(frozen=True)
+class TickRecord:
+    """One line of a schedule's tick ledger."""
+
+    tick: int
+    outcome: TickOutcome
+    recorded_at_ms: int
+    run_id: str | None = None
+    lateness_ms: int | None = None
+    reason: str | None = None

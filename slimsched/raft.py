@@ -1,0 +1,290 @@
+"""The Raft node: the only module that imports pysyncobj, and its bridge to asyncio.
+
+One replicated method, ``apply(payload: bytes)``, runs ``statemachine.apply`` in pysyncobj's
+thread under a lock that readers share. Snapshots dump only the ``State``, as versioned orjson,
+through ``SyncObjConf(serializer=..., deserializer=..., serializeChecker=...)``: the Raft thread
+takes a shallow copy of the state and a background thread encodes and writes it, so the Raft
+thread never stalls on a large state.
+
+``submit`` proposes a command and returns once it is committed and applied on this node. It
+retries on leader changes until its deadline; commands carry a request id, so a command that was
+in fact committed before the retry is answered from the state machine's memory, not applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.config import SERIALIZER_STATE
+
+from slimsched import statemachine
+from slimsched.errors import Unavailable
+from slimsched.settings import Settings
+from slimsched.statemachine import Result, State
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DUMP_VERSION = 1
+_RETRYABLE = frozenset(
+    {
+        FAIL_REASON.QUEUE_FULL,
+        FAIL_REASON.MISSING_LEADER,
+        FAIL_REASON.DISCARDED,
+        FAIL_REASON.NOT_LEADER,
+        FAIL_REASON.LEADER_CHANGED,
+        FAIL_REASON.UNKNOWN_OUTCOME,
+    }
+)
+_LEADER = 2
+
+
+@dataclass(frozen=True)
+class RaftStatus:
+    node: str
+    leader: str | None
+    is_leader: bool
+    term: int
+    commit_index: int
+    applied_index: int
+    peers: tuple[str, ...]
+    connected_peers: tuple[str, ...]
+
+    @property
+    def ready(self) -> bool:
+        return self.leader is not None and self.applied_index >= self.commit_index
+
+
+class _Snapshotter:
+    """Writes dumps off the Raft thread; pysyncobj polls ``check`` for the outcome."""
+
+    def __init__(self, node: RaftNode) -> None:
+        self._node = node
+        self._thread: threading.Thread | None = None
+        self._outcome: int | None = None
+
+    def serialize(self, tmp_file: str, raft_data: tuple[Any, ...]) -> None:
+        # Runs in the Raft thread, right after the entry at raft_data[0] was applied: copy now.
+        state = self._node._copy_state()
+        final = tmp_file.removesuffix(".tmp")
+        self._outcome = None
+        self._thread = threading.Thread(
+            target=self._write, args=(final, state, raft_data), name="raft-snapshot", daemon=True
+        )
+        self._thread.start()
+        # pysyncobj now renames tmp_file over the dump; there is no tmp_file, so that rename fails
+        # harmlessly and the dump is replaced only by _write, once complete.
+
+    def _write(self, final: str, state: State, raft_data: tuple[Any, ...]) -> None:
+        try:
+            body = orjson.dumps(
+                {
+                    "v": DUMP_VERSION,
+                    "raft": [_entry_to_json(raft_data[0]), _entry_to_json(raft_data[1])],
+                    "state": statemachine.snapshot_to_dict(state),
+                }
+            )
+            writing = final + ".writing"
+            with open(writing, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(writing, final)
+            _fsync_dir(os.path.dirname(final) or ".")
+            self._outcome = SERIALIZER_STATE.SUCCESS
+        except Exception:
+            log.exception("writing the Raft snapshot failed")
+            self._outcome = SERIALIZER_STATE.FAILED
+
+    def check(self) -> int:
+        if self._thread is None:
+            return int(SERIALIZER_STATE.NOT_SERIALIZING)
+        if self._thread.is_alive() or self._outcome is None:
+            return int(SERIALIZER_STATE.SERIALIZING)
+        outcome, self._thread, self._outcome = self._outcome, None, None
+        return outcome
+
+    def deserialize(self, file_name: str) -> tuple[Any, Any, Any]:
+        with open(file_name, "rb") as f:
+            doc = orjson.loads(f.read())
+        if doc.get("v") != DUMP_VERSION:
+            raise ValueError(f"unsupported Raft dump version {doc.get('v')!r}")
+        self._node._replace_state(statemachine.snapshot_from_dict(doc["state"]))
+        first, second = doc["raft"]
+        return _entry_from_json(first), _entry_from_json(second), []
+
+
+def _entry_to_json(entry: tuple[bytes, int, int]) -> list[Any]:
+    return [base64.b64encode(entry[0]).decode("ascii"), entry[1], entry[2]]
+
+
+def _entry_from_json(j: list[Any]) -> tuple[bytes, int, int]:
+    return base64.b64decode(j[0]), int(j[1]), int(j[2])
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Replica(SyncObj):  # type: ignore[misc]
+    def __init__(self, node: RaftNode, self_address: str, peers: list[str], conf: SyncObjConf) -> None:
+        self._node = node
+        super().__init__(self_address, peers, conf)
+
+    @replicated  # type: ignore[untyped-decorator]
+    def apply(self, payload: bytes) -> Result:
+        return self._node._apply(payload)
+
+
+class RaftNode:
+    """A member of the slimsched Raft cluster, owned by the process's event loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_role_change: Callable[[bool], None] | None = None,
+        on_applied: Callable[[Result], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._state = State()
+        self._on_role_change = on_role_change
+        self._on_applied = on_applied
+        self._snapshotter = _Snapshotter(self)
+        self._replica: _Replica | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        os.makedirs(s.data_dir, exist_ok=True)
+        dump = os.path.join(s.data_dir, "raft.dump")
+        for stale in (dump + ".tmp", dump + ".writing"):
+            if os.path.exists(stale):
+                os.remove(stale)
+        t = s.timings
+        conf = SyncObjConf(
+            journalFile=os.path.join(s.data_dir, "raft.journal"),
+            fullDumpFile=dump,
+            serializer=self._snapshotter.serialize,
+            deserializer=self._snapshotter.deserialize,
+            serializeChecker=self._snapshotter.check,
+            appendEntriesUseBatch=False,
+            raftMinTimeout=t.raft_min_timeout,
+            raftMaxTimeout=t.raft_max_timeout,
+            leaderFallbackTimeout=t.leader_fallback_timeout,
+            connectionRetryTime=t.connection_retry_time,
+            logCompactionMinEntries=t.log_compaction_min_entries,
+            logCompactionMinTime=t.log_compaction_min_time,
+            password=s.raft_password,
+            bindAddress=s.raft_bind,
+            onStateChanged=self._state_changed,
+            dynamicMembershipChange=False,
+        )
+        self._replica = _Replica(self, s.raft_address, list(s.peers), conf)
+
+    def stop(self) -> None:
+        replica, self._replica = self._replica, None
+        if replica is not None:
+            replica.destroy_synchronous()
+
+    # -- called in the Raft thread -----------------------------------------------------------
+
+    def _apply(self, payload: bytes) -> Result:
+        with self._lock:
+            result = statemachine.apply(self._state, payload)
+        if self._on_applied is not None:
+            try:
+                self._on_applied(result)
+            except Exception:
+                log.exception("on_applied hook failed")
+        return result
+
+    def _copy_state(self) -> State:
+        with self._lock:
+            return self._state.copy()
+
+    def _replace_state(self, state: State) -> None:
+        with self._lock:
+            self._state = state
+
+    def _state_changed(self, old: int, new: int) -> None:
+        if self._on_role_change is not None and (old == _LEADER) != (new == _LEADER):
+            self._on_role_change(new == _LEADER)
+
+    # -- any thread ----------------------------------------------------------------------------
+
+    def read(self, fn: Callable[[State], T]) -> T:
+        """Run ``fn`` on the current state, consistent with respect to applied commands."""
+        with self._lock:
+            return fn(self._state)
+
+    def status(self) -> RaftStatus:
+        r = self._require()
+        leader = r._getLeader()
+        return RaftStatus(
+            node=self.settings.raft_address,
+            leader=leader.address if leader is not None else None,
+            is_leader=bool(r._isLeader()),
+            term=int(r.raftCurrentTerm),
+            commit_index=int(r.raftCommitIndex),
+            applied_index=int(r.raftLastApplied),
+            peers=tuple(self.settings.peers),
+            connected_peers=tuple(n.address for n in r.otherNodes if r.isNodeConnected(n)),
+        )
+
+    def force_snapshot(self) -> None:
+        self._require().forceLogCompaction()
+
+    def _require(self) -> _Replica:
+        if self._replica is None:
+            raise RuntimeError("the Raft node is not started")
+        return self._replica
+
+    # -- the asyncio side ----------------------------------------------------------------------
+
+    async def submit(self, payload: bytes, *, within: float | None = None) -> Result:
+        """Propose ``payload``; return its result once committed and applied here, else 503."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.settings.commit_timeout_seconds if within is None else within)
+        backoff = 0.02
+        while True:
+            fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
+
+            def done(result: Any, err: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
+                loop.call_soon_threadsafe(_settle, fut, result, err)
+
+            self._require().apply(payload, callback=done)
+            remaining = deadline - loop.time()
+            try:
+                result, err = await asyncio.wait_for(fut, max(remaining, 0.001))
+            except TimeoutError:
+                raise Unavailable(
+                    "commit_timeout", "the cluster did not commit the request in time; retry later"
+                ) from None
+            if err == FAIL_REASON.SUCCESS:
+                assert isinstance(result, Result)
+                return result
+            if err not in _RETRYABLE or loop.time() + backoff >= deadline:
+                raise Unavailable("no_leader", "no Raft leader is available right now; retry later")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 0.25)
+
+
+def _settle(fut: asyncio.Future[tuple[Any, int]], result: Any, err: int) -> None:
+    if not fut.done():
+        fut.set_result((result, err))

@@ -1,0 +1,176 @@
+"""Node settings, built in one place from the environment (and CLI flags layered on top).
+
+Only the entry point calls ``Settings.from_env``; everything else receives a ``Settings``. The
+names in ``ENV_VARS`` are the complete list of variables the code reads, which the deployment
+tests compare with what the StatefulSet sets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from slimsched.errors import ConfigError
+
+ENV_VARS: frozenset[str] = frozenset(
+    {
+        "SLIMSCHED_HTTP_HOST",
+        "SLIMSCHED_HTTP_PORT",
+        "SLIMSCHED_RAFT_ADDRESS",
+        "SLIMSCHED_RAFT_BIND",
+        "SLIMSCHED_RAFT_PORT",
+        "SLIMSCHED_PEERS",
+        "SLIMSCHED_POD_NAME",
+        "SLIMSCHED_POD_IP",
+        "SLIMSCHED_REPLICAS",
+        "SLIMSCHED_RAFT_SERVICE",
+        "SLIMSCHED_NAMESPACE",
+        "SLIMSCHED_DATA_DIR",
+        "SLIMSCHED_RAFT_PASSWORD",
+        "SLIMSCHED_JOBS_CONFIGURATION",
+        "SLIMSCHED_JOBS_CONFIGURATION_FILE",
+        "SlimFaas__JobsConfiguration",
+        "SLIMSCHED_BACKUP_DIR",
+        "SlimData__BackupDirectory",
+        "SLIMSCHED_BACKUP_INTERVAL_SECONDS",
+        "SlimData__BackupIntervalSeconds",
+        "SLIMSCHED_TRUSTED_CIDRS",
+        "SLIMSCHED_TRUSTED_PROXIES",
+        "SLIMSCHED_MAX_BODY_BYTES",
+        "SLIMSCHED_COMMIT_TIMEOUT_SECONDS",
+        "SLIMSCHED_KUBE_MODE",
+        "SLIMSCHED_LOG_LEVEL",
+    }
+)
+
+
+@dataclass(frozen=True)
+class RaftTimings:
+    """pysyncobj timings, tuned per DESIGN.md's measured facts."""
+
+    raft_min_timeout: float = 0.4
+    raft_max_timeout: float = 1.0
+    leader_fallback_timeout: float = 2.5
+    connection_retry_time: float = 1.0
+    log_compaction_min_entries: int = 5000
+    log_compaction_min_time: float = 300.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    raft_address: str = "127.0.0.1:3262"
+    peers: tuple[str, ...] = ()
+    raft_bind: str | None = None
+    http_host: str = "0.0.0.0"
+    http_port: int = 5000
+    data_dir: str = "data"
+    raft_password: str | None = None
+    jobs_configuration: str | None = None
+    backup_dir: str | None = None
+    backup_interval_seconds: float = 60.0
+    trusted_cidrs: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    namespace: str = "default"
+    max_body_bytes: int = 1024 * 1024
+    commit_timeout_seconds: float = 5.0
+    kube_mode: str = "auto"
+    log_level: str = "INFO"
+    timings: RaftTimings = field(default_factory=RaftTimings)
+
+    @property
+    def node_id(self) -> str:
+        return self.raft_address
+
+    @staticmethod
+    def from_env(env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        port = _int(e, "SLIMSCHED_RAFT_PORT", 3262)
+        pod_name = e.get("SLIMSCHED_POD_NAME")
+        raft_address = e.get("SLIMSCHED_RAFT_ADDRESS")
+        peers = _list(e.get("SLIMSCHED_PEERS", ""))
+        namespace = e.get("SLIMSCHED_NAMESPACE") or _pod_namespace() or "default"
+        if raft_address is None and pod_name:
+            from slimsched.discovery import statefulset_peers
+
+            raft_address, derived = statefulset_peers(
+                pod_name=pod_name,
+                replicas=_int(e, "SLIMSCHED_REPLICAS", 3),
+                service=e.get("SLIMSCHED_RAFT_SERVICE", "slimsched-raft"),
+                namespace=namespace,
+                port=port,
+            )
+            peers = peers or derived
+        raft_address = raft_address or f"127.0.0.1:{port}"
+        bind = e.get("SLIMSCHED_RAFT_BIND")
+        if bind is None and e.get("SLIMSCHED_POD_IP"):
+            bind = f"{e['SLIMSCHED_POD_IP']}:{port}"
+        return Settings(
+            raft_address=raft_address,
+            peers=tuple(p for p in peers if p != raft_address),
+            raft_bind=bind,
+            http_host=e.get("SLIMSCHED_HTTP_HOST", "0.0.0.0"),
+            http_port=_int(e, "SLIMSCHED_HTTP_PORT", 5000),
+            data_dir=e.get("SLIMSCHED_DATA_DIR", "data"),
+            raft_password=e.get("SLIMSCHED_RAFT_PASSWORD") or None,
+            jobs_configuration=_jobs_configuration(e),
+            backup_dir=e.get("SLIMSCHED_BACKUP_DIR") or e.get("SlimData__BackupDirectory") or None,
+            backup_interval_seconds=_float(
+                e,
+                "SLIMSCHED_BACKUP_INTERVAL_SECONDS",
+                _float(e, "SlimData__BackupIntervalSeconds", 60.0),
+            ),
+            trusted_cidrs=_list(e.get("SLIMSCHED_TRUSTED_CIDRS", "")),
+            trusted_proxies=_list(e.get("SLIMSCHED_TRUSTED_PROXIES", "")),
+            namespace=namespace,
+            max_body_bytes=_int(e, "SLIMSCHED_MAX_BODY_BYTES", 1024 * 1024),
+            commit_timeout_seconds=_float(e, "SLIMSCHED_COMMIT_TIMEOUT_SECONDS", 5.0),
+            kube_mode=e.get("SLIMSCHED_KUBE_MODE", "auto"),
+            log_level=e.get("SLIMSCHED_LOG_LEVEL", "INFO"),
+        )
+
+
+def _jobs_configuration(e: Mapping[str, str]) -> str | None:
+    inline = e.get("SLIMSCHED_JOBS_CONFIGURATION") or e.get("SlimFaas__JobsConfiguration")
+    if inline:
+        return inline
+    path = e.get("SLIMSCHED_JOBS_CONFIGURATION_FILE")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as err:
+        raise ConfigError(f"cannot read SLIMSCHED_JOBS_CONFIGURATION_FILE {path}: {err}") from err
+
+
+def _pod_namespace() -> str | None:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace", encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in raw.split(",") if x.strip())
+
+
+def _int(e: Mapping[str, str], name: str, default: int) -> int:
+    raw = e.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as err:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from err
+
+
+def _float(e: Mapping[str, str], name: str, default: float) -> float:
+    raw = e.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as err:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from err

@@ -1,0 +1,368 @@
+"""The replicated state machine: one ``apply`` over a closed set of versioned commands.
+
+Every node runs the same commands in the same order through ``apply``; nothing here reads a
+clock, draws a random number, does I/O or raises. The proposer puts times and ids into the
+command. A command carrying a request id that was applied recently returns the stored result
+again, so a client or the Raft bridge may retry a command whose fate it did not learn (pysyncobj
+has no client sessions: an entry reported as failed may still be committed).
+
+The state is mutated in place (100,000 schedules cannot be copied per command); a snapshot takes
+a shallow copy of the top-level maps, whose values are frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from slimsched import codec
+from slimsched.model import Run, RunStatus, Schedule, TickOutcome, TickRecord
+
+COMMAND_VERSION = 1
+SNAPSHOT_VERSION = 1
+RECENT_REQUESTS = 20_000
+LEDGER_PER_SCHEDULE = 100
+FINISHED_RUNS_PER_JOB = 200
+
+
+@dataclass(frozen=True)
+class Result:
+    """What ``apply`` answers: ``code`` is "ok" or an error code; never an exception."""
+
+    code: str
+    message: str = ""
+    value: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "value": self.value}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Result:
+        return Result(code=str(d["code"]), message=str(d.get("message", "")), value=d.get("value"))
+
+
+OK = Result("ok")
+
+
+def error(code: str, message: str) -> Result:
+    return Result(code=code, message=message)
+
+
+@dataclass
+class State:
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    last_fired: dict[str, int] = field(default_factory=dict)
+    runs: dict[str, Run] = field(default_factory=dict)
+    ledger: dict[str, tuple[TickRecord, ...]] = field(default_factory=dict)
+    recent: OrderedDict[str, Result] = field(default_factory=OrderedDict)
+    # Derived indexes, rebuilt on decode; never part of a snapshot.
+    job_schedules: dict[str, dict[str, None]] = field(default_factory=dict)
+    job_runs: dict[str, dict[str, None]] = field(default_factory=dict)
+
+    def copy(self) -> State:
+        """A consistent copy cheap enough to take inside the Raft thread."""
+        return State(
+            schedules=self.schedules.copy(),
+            last_fired=self.last_fired.copy(),
+            runs=self.runs.copy(),
+            ledger=self.ledger.copy(),
+            recent=self.recent.copy(),
+            job_schedules={k: v.copy() for k, v in self.job_schedules.items()},
+            job_runs={k: v.copy() for k, v in self.job_runs.items()},
+        )
+
+    # -- reads used by the API and the leader loops ----------------------------------------------
+
+    def schedules_of(self, job_name: str) -> list[Schedule]:
+        return [self.schedules[i] for i in self.job_schedules.get(job_name, {})]
+
+    def runs_of(self, job_name: str) -> list[Run]:
+        return [self.runs[i] for i in self.job_runs.get(job_name, {})]
+
+    def queue_of(self, job_name: str) -> list[Run]:
+        return [r for r in self.runs_of(job_name) if r.status is RunStatus.QUEUED]
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def encode_command(kind: str, **fields: Any) -> bytes:
+    return orjson.dumps({"v": COMMAND_VERSION, "type": kind, **fields})
+
+
+def _create_schedule(state: State, cmd: dict[str, Any]) -> Result:
+    sched = codec.schedule_from_dict(cmd["schedule"])
+    if sched.id in state.schedules:
+        return error("conflict", f"schedule {sched.id} already exists")
+    state.schedules[sched.id] = sched
+    state.job_schedules.setdefault(sched.job_name, {})[sched.id] = None
+    return Result("ok", value={"Id": sched.id})
+
+
+def _find_schedule(state: State, cmd: dict[str, Any]) -> Schedule | Result:
+    sched = state.schedules.get(str(cmd["schedule_id"]))
+    if sched is None or sched.job_name != cmd["job_name"]:
+        return error("not_found", f"no schedule {cmd['schedule_id']} for job {cmd['job_name']}")
+    return sched
+
+
+def _delete_schedule(state: State, cmd: dict[str, Any]) -> Result:
+    found = _find_schedule(state, cmd)
+    if isinstance(found, Result):
+        return found
+    del state.schedules[found.id]
+    ids = state.job_schedules.get(found.job_name, {})
+    ids.pop(found.id, None)
+    if not ids:
+        state.job_schedules.pop(found.job_name, None)
+    state.last_fired.pop(found.id, None)
+    state.ledger.pop(found.id, None)
+    return OK
+
+
+def _set_paused(state: State, cmd: dict[str, Any]) -> Result:
+    found = _find_schedule(state, cmd)
+    if isinstance(found, Result):
+        return found
+    paused = cmd["paused"]
+    if not isinstance(paused, bool):
+        return error("invalid", "paused must be a boolean")
+    state.schedules[found.id] = replace(found, paused=paused)
+    return Result("ok", value={"Id": found.id, "Paused": paused})
+
+
+def _add_run(state: State, run: Run) -> None:
+    state.runs[run.id] = run
+    state.job_runs.setdefault(run.job_name, {})[run.id] = None
+    _prune_finished(state, run.job_name)
+
+
+def _prune_finished(state: State, job_name: str) -> None:
+    ids = state.job_runs.get(job_name, {})
+    finished = [i for i in ids if state.runs[i].status.terminal]
+    for run_id in finished[: max(0, len(finished) - FINISHED_RUNS_PER_JOB)]:
+        del ids[run_id]
+        del state.runs[run_id]
+
+
+def _enqueue_run(state: State, cmd: dict[str, Any]) -> Result:
+    run = codec.run_from_dict(cmd["run"])
+    if run.id in state.runs:
+        return error("conflict", f"run {run.id} already exists")
+    if run.status is not RunStatus.QUEUED:
+        return error("invalid", "a new run must be Queued")
+    _add_run(state, run)
+    return Result("ok", value={"Id": run.id})
+
+
+def _cancel_run(state: State, cmd: dict[str, Any]) -> Result:
+    run = state.runs.get(str(cmd["run_id"]))
+    if run is None or run.job_name != cmd["job_name"]:
+        return error("not_found", f"no run {cmd['run_id']} for job {cmd['job_name']}")
+    previous = run.status
+    if not previous.terminal:
+        state.runs[run.id] = replace(
+            run, status=RunStatus.CANCELED, finished_at_ms=int(cmd["at"]), reason="DeletedByApi"
+        )
+    return Result("ok", value={"Id": run.id, "PreviousStatus": previous.value, "KubeName": run.kube_name})
+
+
+def _barrier(state: State, cmd: dict[str, Any]) -> Result:
+    return OK
+
+
+def _record_tick(state: State, schedule_id: str, record: TickRecord) -> None:
+    ledger = (*state.ledger.get(schedule_id, ()), record)
+    state.ledger[schedule_id] = ledger[-LEDGER_PER_SCHEDULE:]
+
+
+def _fire_tick(state: State, cmd: dict[str, Any]) -> Result:
+    """Record a cron tick exactly once: accepted only if newer than the last fired tick."""
+    schedule_id = str(cmd["schedule_id"])
+    tick = cmd["tick"]
+    at = cmd["at"]
+    if not isinstance(tick, int) or not isinstance(at, int):
+        return error("invalid", "tick and at must be integers")
+    sched = state.schedules.get(schedule_id)
+    if sched is None:
+        return error("not_found", f"no schedule {schedule_id}")
+    if tick <= state.last_fired.get(schedule_id, -1):
+        return error("duplicate", f"tick {tick} of schedule {schedule_id} was already handled")
+    outcome = TickOutcome(cmd["outcome"])
+    missed = [int(m) for m in cmd.get("missed", [])]
+    run = codec.run_from_dict(cmd["run"]) if outcome is TickOutcome.FIRED else None
+    if run is not None and run.id in state.runs:
+        return error("conflict", f"run {run.id} already exists")
+    state.last_fired[schedule_id] = tick
+    if run is not None:
+        _add_run(state, run)
+    for m in missed:
+        _record_tick(state, schedule_id, TickRecord(m, TickOutcome.MISSED, at, reason="deadline"))
+    lateness = max(0, at - tick * 1000)
+    run_id = run.id if run is not None else None
+    _record_tick(
+        state,
+        schedule_id,
+        TickRecord(tick, outcome, at, run_id=run_id, lateness_ms=lateness, reason=cmd.get("reason")),
+    )
+    return Result("ok", value={"RunId": run_id, "Outcome": outcome.value})
+
+
+def _start_dispatch(state: State, cmd: dict[str, Any]) -> Result:
+    run = state.runs.get(str(cmd["run_id"]))
+    if run is None:
+        return error("not_found", f"no run {cmd['run_id']}")
+    if run.status is not RunStatus.QUEUED:
+        return error("conflict", f"run {run.id} is {run.status.value}, not Queued")
+    state.runs[run.id] = replace(
+        run,
+        status=RunStatus.DISPATCHING,
+        dispatch_term=int(cmd["term"]),
+        dispatch_index=int(cmd["index"]),
+    )
+    return OK
+
+
+def _run_status(state: State, cmd: dict[str, Any]) -> Result:
+    """Move a dispatched run to a status observed on Kubernetes; terminal runs stay put."""
+    run = state.runs.get(str(cmd["run_id"]))
+    if run is None:
+        return error("not_found", f"no run {cmd['run_id']}")
+    status = RunStatus(cmd["status"])
+    if run.status.terminal:
+        return error("conflict", f"run {run.id} already ended as {run.status.value}")
+    if status is RunStatus.QUEUED:
+        return error("invalid", "a run cannot go back to Queued")
+    at = int(cmd["at"])
+    state.runs[run.id] = replace(
+        run,
+        status=status,
+        started_at_ms=run.started_at_ms if run.started_at_ms is not None else at,
+        finished_at_ms=at if status.terminal else None,
+        reason=cmd.get("reason", run.reason),
+    )
+    if status.terminal:
+        _prune_finished(state, run.job_name)
+    return OK
+
+
+def _restore(state: State, cmd: dict[str, Any]) -> Result:
+    """Load schedules from a backup, only into a state that holds none."""
+    if state.schedules:
+        return error("conflict", "state already holds schedules; restore refused")
+    schedules = [codec.schedule_from_dict(s) for s in cmd["schedules"]]
+    last_fired = {str(k): int(v) for k, v in cmd.get("last_fired", {}).items()}
+    for sched in schedules:
+        state.schedules[sched.id] = sched
+        state.job_schedules.setdefault(sched.job_name, {})[sched.id] = None
+    state.last_fired.update({k: v for k, v in last_fired.items() if k in state.schedules})
+    return Result("ok", value={"Restored": len(schedules)})
+
+
+Handler = Callable[[State, dict[str, Any]], Result]
+
+HANDLERS: dict[str, Handler] = {
+    "create_schedule": _create_schedule,
+    "delete_schedule": _delete_schedule,
+    "set_paused": _set_paused,
+    "enqueue_run": _enqueue_run,
+    "cancel_run": _cancel_run,
+    "barrier": _barrier,
+    "fire_tick": _fire_tick,
+    "start_dispatch": _start_dispatch,
+    "run_status": _run_status,
+    "restore": _restore,
+}
+
+
+def apply(state: State, payload: bytes) -> Result:
+    """Apply one replicated command. Never raises; a bad command leaves the state untouched."""
+    try:
+        cmd = orjson.loads(payload)
+    except (orjson.JSONDecodeError, TypeError):
+        return error("invalid", "command is not JSON")
+    if not isinstance(cmd, dict):
+        return error("invalid", "command is not an object")
+    if cmd.get("v") != COMMAND_VERSION:
+        return error("invalid", f"unsupported command version {cmd.get('v')!r}")
+    handler = HANDLERS.get(cmd.get("type"))  # type: ignore[arg-type]
+    if handler is None:
+        return error("invalid", f"unknown command type {cmd.get('type')!r}")
+    rid = cmd.get("rid")
+    if rid is not None:
+        if not isinstance(rid, str):
+            return error("invalid", "rid must be a string")
+        seen = state.recent.get(rid)
+        if seen is not None:
+            return seen
+    try:
+        # Handlers validate before they mutate, so an exception here means nothing changed.
+        result = handler(state, cmd)
+    except Exception as e:  # apply must never raise: a raising entry stalls pysyncobj for good
+        result = error("invalid", f"malformed {cmd.get('type')} command: {type(e).__name__}: {e}")
+    if rid is not None:
+        state.recent[rid] = result
+        while len(state.recent) > RECENT_REQUESTS:
+            state.recent.popitem(last=False)
+    return result
+
+
+# -- snapshots -----------------------------------------------------------------------------------
+
+
+def snapshot_to_dict(state: State) -> dict[str, Any]:
+    return {
+        "v": SNAPSHOT_VERSION,
+        "schedules": [codec.schedule_to_dict(s) for s in state.schedules.values()],
+        "last_fired": state.last_fired,
+        "runs": [codec.run_to_dict(r) for r in state.runs.values()],
+        "ledger": {k: [codec.tick_to_dict(t) for t in v] for k, v in state.ledger.items()},
+        "recent": [[k, v.to_dict()] for k, v in state.recent.items()],
+    }
+
+
+def encode_snapshot(state: State) -> bytes:
+    return orjson.dumps(snapshot_to_dict(state))
+
+
+def snapshot_from_dict(d: dict[str, Any]) -> State:
+    if d.get("v") != SNAPSHOT_VERSION:
+        raise ValueError(f"unsupported snapshot version {d.get('v')!r}")
+    state = State()
+    for s in d["schedules"]:
+        sched = codec.schedule_from_dict(s)
+        state.schedules[sched.id] = sched
+        state.job_schedules.setdefault(sched.job_name, {})[sched.id] = None
+    state.last_fired = {str(k): int(v) for k, v in d["last_fired"].items()}
+    for r in d["runs"]:
+        run = codec.run_from_dict(r)
+        state.runs[run.id] = run
+        state.job_runs.setdefault(run.job_name, {})[run.id] = None
+    state.ledger = {str(k): tuple(codec.tick_from_dict(t) for t in v) for k, v in d["ledger"].items()}
+    state.recent = OrderedDict((str(k), Result.from_dict(v)) for k, v in d["recent"])
+    return state
+
+
+def decode_snapshot(data: bytes) -> State:
+    return snapshot_from_dict(orjson.loads(data))
+
+
+def fingerprint(state: State) -> str:
+    """A hash of the replicated content, equal on nodes that applied the same commands."""
+    return hashlib.sha256(orjson.dumps(snapshot_to_dict(state), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def replay(payloads: Iterable[bytes]) -> State:
+    state = State()
+    for p in payloads:
+        apply(state, p)
+    return state
