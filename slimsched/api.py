@@ -1,0 +1,407 @@
+"""The REST API (aiohttp), SlimFaas "Jobs & Cron Schedules" compatible, PascalCase JSON.
+
+Handlers are thin: parse and validate the request (``jobconfig``, ``cronplan``), read the clock
+and make ids (the proposer's job, never ``apply``'s), submit one command through Raft and map
+its result to a status. A write is answered only after its command is committed and applied on
+this node, so a read on the same node right after sees it. Every error is
+``{"Error": code, "Message": sentence}`` with its status; nothing reaches the client as a 500
+with a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from slimsched import codec, cronplan, jobconfig
+from slimsched.access import AccessPolicy
+from slimsched.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from slimsched.jobmanifest import kube_job_name
+from slimsched.model import Run, RunStatus, Schedule, Visibility
+from slimsched.raft import RaftNode
+from slimsched.statemachine import Result, State, encode_command, fingerprint
+
+log = logging.getLogger(__name__)
+
+MAX_JOB_NAME = 40
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def _no_pod_ips() -> Awaitable[Collection[str]]:
+    async def none() -> Collection[str]:
+        return ()
+
+    return none()
+
+
+@dataclass
+class ApiContext:
+    """What the handlers need; built by the node wiring, replaced by tests as a whole."""
+
+    raft: RaftNode
+    jobs: jobconfig.JobsConfiguration
+    access: AccessPolicy
+    clock: Callable[[], float]
+    new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
+    pod_ips: Callable[[], Awaitable[Collection[str]]] = _no_pod_ips
+    max_body_bytes: int = 1024 * 1024
+    ready_gate: Callable[[], bool] = field(default=lambda: True)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+
+CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(err: ApiError) -> web.Response:
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
+    return _json({"Error": err.code, "Message": err.message}, err.status, headers)
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return error_response(e)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(
+            ApiError(
+                413, "body_too_large", f"the request body exceeds {request.app[CTX].max_body_bytes} bytes"
+            )
+        )
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "http_error")
+        message = {
+            404: f"no route for {request.method} {request.path}",
+            405: f"{request.method} is not allowed on {request.path}",
+        }.get(e.status, e.reason)
+        resp = error_response(ApiError(e.status, code, message))
+        if e.status == 405 and "Allow" in e.headers:
+            resp.headers["Allow"] = e.headers["Allow"]
+        return resp
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(ApiError(500, "internal", "an internal error occurred; it has been logged"))
+
+
+# -- request helpers -----------------------------------------------------------------------------
+
+
+def _job_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if len(name) > MAX_JOB_NAME or not _DNS_LABEL.match(name):
+        raise BadRequest(
+            "invalid_name",
+            f"job name {name!r} must be a DNS-1123 label (lowercase letters, digits and '-', "
+            f"starting and ending with a letter or digit) of at most {MAX_JOB_NAME} characters",
+        )
+    return name
+
+
+def _id(request: web.Request) -> str:
+    value = request.match_info["id"]
+    if not _ID.match(value):
+        raise NotFound("not_found", f"no item with id {value!r}")
+    return value
+
+
+async def _body(request: web.Request, *, empty_ok: bool) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        if empty_ok:
+            return {}
+        raise BadRequest("invalid_json", "the request body is empty; a JSON object is expected")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest("invalid_json", f"the request body is not valid JSON: {e}") from e
+
+
+async def _check_visibility(request: web.Request, name: str) -> None:
+    ctx = request.app[CTX]
+    if jobconfig.visibility_of(ctx.jobs, name) is Visibility.PUBLIC:
+        return
+    caller = ctx.access.caller(request.remote, request.headers.get("X-Forwarded-For"))
+    if ctx.access.in_cluster(caller) or (
+        caller is not None and ctx.access.in_cluster(caller, await ctx.pod_ips())
+    ):
+        return
+    raise Forbidden(
+        "private_job", f"job {name!r} is Private: it accepts requests only from inside the cluster"
+    )
+
+
+def _raise_for(result: Result) -> Result:
+    if result.ok:
+        return result
+    status = {"not_found": NotFound, "conflict": Conflict, "duplicate": Conflict, "invalid": BadRequest}
+    raise status.get(result.code, BadRequest)(result.code, result.message)
+
+
+async def _submit(ctx: ApiContext, kind: str, **fields: Any) -> Result:
+    return _raise_for(await ctx.raft.submit(encode_command(kind, rid=ctx.new_id(), **fields)))
+
+
+def _iso(epoch_s: int | None) -> str | None:
+    if epoch_s is None:
+        return None
+    return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- schedules -----------------------------------------------------------------------------------
+
+
+def schedule_view(s: Schedule, last_fired: int | None, now_s: int) -> dict[str, Any]:
+    next_fire: int | None = None
+    if not s.paused:
+        try:
+            next_fire = cronplan.next_fire(s.cron, s.time_zone, max(now_s, last_fired or 0))
+        except ValueError:
+            next_fire = None
+    overrides = codec.overrides_to_dict(s.overrides)
+    return {
+        "Id": s.id,
+        "Name": s.job_name,
+        "Schedule": s.cron,
+        "Args": overrides.pop("Args", []),
+        **overrides,
+        "TimeZone": s.time_zone,
+        "ConcurrencyPolicy": s.concurrency_policy.value,
+        "StartingDeadlineSeconds": s.starting_deadline_seconds,
+        "Paused": s.paused,
+        "LastFiredTime": _iso(last_fired),
+        "NextFireTime": _iso(next_fire),
+    }
+
+
+async def post_schedule(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    name = _job_name(request)
+    await _check_visibility(request, name)
+    req = jobconfig.parse_schedule_request(await _body(request, empty_ok=False))
+    cronplan.validate(req.schedule, req.time_zone)
+    jobconfig.merge(ctx.jobs.job(name), req.overrides)  # validated now, merged again at each tick
+    schedule = Schedule(
+        id=ctx.new_id(),
+        job_name=name,
+        cron=req.schedule.strip(),
+        overrides=req.overrides,
+        time_zone=req.time_zone,
+        concurrency_policy=req.concurrency_policy,
+        starting_deadline_seconds=req.starting_deadline_seconds,
+        paused=req.paused,
+        created_at_ms=ctx.now_ms(),
+    )
+    await _submit(ctx, "create_schedule", schedule=codec.schedule_to_dict(schedule))
+    return _json({"Id": schedule.id}, 201)
+
+
+async def list_schedules(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    name = _job_name(request)
+    await _check_visibility(request, name)
+    now_s = int(ctx.clock())
+
+    def view(state: State) -> list[tuple[Schedule, int | None]]:
+        return [(s, state.last_fired.get(s.id)) for s in state.schedules_of(name)]
+
+    return _json([schedule_view(s, last, now_s) for s, last in ctx.raft.read(view)])
+
+
+async def delete_schedule(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    name = _job_name(request)
+    await _check_visibility(request, name)
+    await _submit(ctx, "delete_schedule", job_name=name, schedule_id=_id(request))
+    return web.Response(status=204)
+
+
+async def patch_schedule(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    name = _job_name(request)
+    await _check_visibility(request, name)
+    schedule_id = _id(request)
+    body = await _body(request, empty_ok=False)
+    if not isinstance(body, dict):
+        raise BadRequest("invalid_body", "the request body must be a JSON object")
+    unknown = sorted(set(body) - {"Paused"})
+    if unknown:
+        raise BadRequest("unknown_field", f"unknown field {unknown[0]!r}; only 'Paused' can be changed")
+    paused = body.get("Paused")
+    if not isinstance(paused, bool):
+        raise BadRequest("invalid_field", "Paused must be true or false")
+    await _submit(ctx, "set_paused", job_name=name, schedule_id=schedule_id, paused=paused)
+    now_s = int(ctx.clock())
+
+    def view(state: State) -> dict[str, Any] | None:
+        s = state.schedules.get(schedule_id)
+        return schedule_view(s, state.last_fired.get(s.id), now_s) if s else None
+
+    found = ctx.raft.read(view)
+    if found is None:
+        raise NotFound("not_found", f"no schedule {schedule_id} for job {name}")
+    return _json(found)
+
+
+async def schedule_ticks(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    name = _job_name(request)
+    await _check_visibility(request, name)
+    schedule_id = _id(request)
+
+    def view(state: State) -> list[dict[str, Any]] | None:
+        s = state.schedules.get(schedule_id)
+        if s is None or s.job_name != name:
+            return None
+        return [
+            {**codec.tick_to_dict(t), "TickTime": _iso(t.tick)} for t in state.ledger.get(schedule_id, ())
+        ]
+
+    ticks = ctx.raft.read(view)
+    if ticks is None:
+        raise NotFound("not_found", f"no schedule {schedule_id} for job {name}")
+    return _json(ticks)
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+def run_views(runs: list[Run]) -> list[dict[str, Any]]:
+    position = 0
+    out: list[dict[str, Any]] = []
+    for r in runs:
+        if r.status is RunStatus.QUEUED:
+            position += 1
+        out.append(
+            {
+                "Id": r.id,
+                "Name": r.kube_name,
+                "Status": (RunStatus.PENDING if r.status is RunStatus.DISPATCHING else r.status).value,
+                "PositionInQueue": position if r.status is RunStatus.QUEUED else -1,
+                "InQueueTimestamp": r.queued_at_ms,
+                "StartTimestamp": r.started_at_ms if r.started_at_ms is not None else -1,
+                "EndTimestamp": r.finished_at_ms if r.finished_at_ms is not None else -1,
+                "ScheduleId": r.schedule_id,
+                "Reason": r.reason,
+            }
+        )
+    return out
+
+
+async def post_job(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    name = _job_name(request)
+    await _check_visibility(request, name)
+    overrides = jobconfig.parse_overrides(await _body(request, empty_ok=True))
+    spec = jobconfig.merge(ctx.jobs.job(name), overrides)
+    run_id = ctx.new_id()
+    run = Run(
+        id=run_id,
+        job_name=name,
+        spec=spec,
+        status=RunStatus.QUEUED,
+        queued_at_ms=ctx.now_ms(),
+        kube_name=kube_job_name(name, run_id),
+    )
+    await _submit(ctx, "enqueue_run", run=codec.run_to_dict(run))
+    return _json({"Id": run_id}, 202)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    name = _job_name(request)
+    await _check_visibility(request, name)
+    return _json(run_views(ctx.raft.read(lambda s: s.runs_of(name))))
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    name = _job_name(request)
+    await _check_visibility(request, name)
+    result = await _submit(ctx, "cancel_run", job_name=name, run_id=_id(request), at=ctx.now_ms())
+    value = result.value or {}
+    return _json({"Id": value.get("Id"), "Status": RunStatus.CANCELED.value, "Name": value.get("KubeName")})
+
+
+# -- operations ----------------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    return _json({"Status": "Healthy"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    status = ctx.raft.status()
+    if not ctx.ready_gate():
+        raise Unavailable("shutting_down", "this node is shutting down")
+    if not status.ready:
+        raise Unavailable(
+            "not_ready",
+            "this node has no leader yet" if status.leader is None else "this node is still applying the log",
+        )
+    return _json({"Status": "Ready", "Leader": status.leader})
+
+
+async def cluster_status(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    s = ctx.raft.status()
+    body: dict[str, Any] = {
+        "Node": s.node,
+        "Leader": s.leader,
+        "IsLeader": s.is_leader,
+        "Term": s.term,
+        "CommitIndex": s.commit_index,
+        "AppliedIndex": s.applied_index,
+        "Peers": list(s.peers),
+        "ConnectedPeers": list(s.connected_peers),
+        "Schedules": ctx.raft.read(lambda st: len(st.schedules)),
+    }
+    if request.query.get("hash") in ("1", "true"):
+        state = ctx.raft.read(lambda st: st.copy())
+        body["StateHash"] = fingerprint(state)
+    return _json(body)
+
+
+ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
+    ("POST", "/job-schedules/{name}", post_schedule),
+    ("GET", "/job-schedules/{name}", list_schedules),
+    ("DELETE", "/job-schedules/{name}/{id}", delete_schedule),
+    ("PATCH", "/job-schedules/{name}/{id}", patch_schedule),
+    ("GET", "/job-schedules/{name}/{id}/ticks", schedule_ticks),
+    ("POST", "/job/{name}", post_job),
+    ("GET", "/job/{name}", list_jobs),
+    ("DELETE", "/job/{name}/{id}", delete_job),
+    ("GET", "/health", health),
+    ("GET", "/ready", ready),
+    ("GET", "/status", cluster_status),
+)
+
+
+def create_app(ctx: ApiContext) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=ctx.max_body_bytes)
+    app[CTX] = ctx
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app

@@ -1,0 +1,172 @@
+"""Command line: ``slimsched serve`` runs one node, ``slimsched local`` a whole cluster on 127.0.0.1.
+
+This is the only place that reads the environment: flags are layered over ``Settings.from_env``.
+``local`` starts each node as its own ``slimsched serve`` process (a node can then be killed
+alone, as in production) and stops them all by PID on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from slimsched import jobconfig
+from slimsched.democonfig import DEMO_JOBS_CONFIGURATION
+from slimsched.discovery import local_peers
+from slimsched.errors import ConfigError
+from slimsched.settings import Settings
+
+log = logging.getLogger("slimsched")
+
+
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    s = Settings.from_env()
+    changes: dict[str, object] = {}
+    if args.raft_address:
+        changes["raft_address"] = args.raft_address
+    if args.peers is not None:
+        changes["peers"] = tuple(
+            p for p in args.peers.split(",") if p and p != (args.raft_address or s.raft_address)
+        )
+    if args.http_port is not None:
+        changes["http_port"] = args.http_port
+    if args.http_host:
+        changes["http_host"] = args.http_host
+    if args.data_dir:
+        changes["data_dir"] = args.data_dir
+    if args.jobs_config:
+        with open(args.jobs_config, encoding="utf-8") as f:
+            changes["jobs_configuration"] = f.read()
+    return dataclasses.replace(s, **changes)  # type: ignore[arg-type]
+
+
+async def _serve(settings: Settings) -> int:
+    from slimsched.node import Node
+
+    jobs = jobconfig.parse_jobs_configuration(settings.jobs_configuration)
+    node = Node(settings, jobs)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    print(f"slimsched node {settings.node_id} ready on {node.http_url}", flush=True)
+    await stop.wait()
+    log.info("signal received: shutting down")
+    await node.stop()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _serve_settings(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(_serve(settings))
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    n = args.nodes
+    if n < 1:
+        raise ConfigError("--nodes must be at least 1")
+    raft = local_peers(nodes=n, base_port=args.raft_port)
+    base = os.path.abspath(args.data_dir)
+    procs: list[subprocess.Popen[bytes]] = []
+    env = dict(os.environ)
+    if not args.jobs_config:
+        env["SLIMSCHED_JOBS_CONFIGURATION"] = DEMO_JOBS_CONFIGURATION
+        print("no --jobs-config given: using the demo configuration (job 'fibonacci', Public)", flush=True)
+    for i in range(n):
+        cmd = [
+            sys.executable,
+            "-m",
+            "slimsched",
+            "serve",
+            "--raft-address",
+            raft[i],
+            "--peers",
+            ",".join(raft),
+            "--http-host",
+            "127.0.0.1",
+            "--http-port",
+            str(args.http_port + i),
+            "--data-dir",
+            os.path.join(base, f"node-{i}"),
+        ]
+        if args.jobs_config:
+            cmd += ["--jobs-config", args.jobs_config]
+        procs.append(subprocess.Popen(cmd, env=env))
+        print(
+            f"node {i}: http://127.0.0.1:{args.http_port + i}  raft {raft[i]}  pid {procs[-1].pid}",
+            flush=True,
+        )
+
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    failed = [p.returncode for p in procs if p.returncode not in (0, -signal.SIGTERM)]
+    return 0 if stopping and not failed else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimsched", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run one node (settings from SLIMSCHED_* variables and flags)")
+    serve.add_argument("--raft-address", help="this node's Raft address host:port")
+    serve.add_argument("--peers", help="comma-separated Raft addresses of all nodes (self is dropped)")
+    serve.add_argument("--http-host")
+    serve.add_argument("--http-port", type=int)
+    serve.add_argument("--data-dir")
+    serve.add_argument("--jobs-config", help="a file holding the SlimFaas-format job configuration")
+    serve.set_defaults(func=cmd_serve)
+
+    local = sub.add_parser("local", help="run an N-node cluster on 127.0.0.1")
+    local.add_argument("--nodes", type=int, default=3)
+    local.add_argument("--data-dir", default="data/local")
+    local.add_argument("--jobs-config")
+    local.add_argument("--http-port", type=int, default=5000, help="HTTP port of node 0 (then +1 each)")
+    local.add_argument("--raft-port", type=int, default=3262, help="Raft port of node 0 (then +1 each)")
+    local.set_defaults(func=cmd_local)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as e:
+        print(f"slimsched: {e}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The Raft node over real TCP on 127.0.0.1: snapshots (dump files) and the asyncio bridge."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from slimsched import codec
+from slimsched.errors import Unavailable
+from slimsched.localcluster import free_ports
+from slimsched.model import Schedule
+from slimsched.raft import RaftNode
+from slimsched.settings import RaftTimings, Settings
+from slimsched.statemachine import encode_command, fingerprint
+from tests.conftest import wait_for
+
+FAST = RaftTimings(raft_min_timeout=0.31, raft_max_timeout=0.6, log_compaction_min_entries=20)
+
+
+def _settings(addrs: list[str], i: int, base: Path) -> Settings:
+    return Settings(
+        raft_address=addrs[i],
+        peers=tuple(a for a in addrs if a != addrs[i]),
+        data_dir=str(base / f"n{i}"),
+        timings=FAST,
+        commit_timeout_seconds=5.0,
+    )
+
+
+def _create(i: int) -> bytes:
+    s = Schedule(id=f"s{i}", job_name="fib", cron="* * * * *", created_at_ms=i)
+    return encode_command("create_schedule", rid=f"r{i}", schedule=codec.schedule_to_dict(s))
+
+
+class Trio:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+        self.nodes: list[RaftNode | None] = [None, None, None]
+
+    def start(self, i: int) -> RaftNode:
+        node = RaftNode(_settings(self.addrs, i, self.base))
+        node.start()
+        self.nodes[i] = node
+        return node
+
+    def stop(self, i: int) -> None:
+        node = self.nodes[i]
+        if node is not None:
+            node.stop()
+            self.nodes[i] = None
+
+    def up(self) -> list[RaftNode]:
+        return [n for n in self.nodes if n is not None]
+
+    def hashes(self) -> set[str]:
+        return {n.read(fingerprint) for n in self.up()}
+
+
+@pytest.fixture
+async def trio(tmp_path: Path) -> AsyncIterator[Trio]:
+    t = Trio(tmp_path)
+    for i in range(3):
+        t.start(i)
+    try:
+        await wait_for(lambda: all(n.status().ready for n in t.up()), 15, "a leader")
+        yield t
+    finally:
+        for i in range(3):
+            t.stop(i)
+
+
+async def test_wiped_node_receives_a_snapshot_after_compaction(trio: Trio) -> None:
+    node0 = trio.nodes[0]
+    assert node0 is not None
+    for i in range(60):
+        assert (await node0.submit(_create(i))).ok
+    for n in trio.up():
+        n.force_snapshot()
+    dump = trio.base / "n2" / "raft.dump"
+    await wait_for(dump.exists, 10, "a dump file on node 2")
+    doc = orjson.loads(dump.read_bytes())
+    assert doc["v"] == 1 and len(doc["state"]["schedules"]) >= 20  # our orjson format, not a pickle
+
+    trio.stop(2)
+    shutil.rmtree(trio.base / "n2")
+    for i in range(60, 65):
+        assert (await node0.submit(_create(i))).ok
+    fresh = trio.start(2)
+    await wait_for(lambda: fresh.read(lambda s: len(s.schedules)) == 65, 15, "the wiped node to catch up")
+    await wait_for(lambda: len(trio.hashes()) == 1, 5, "identical state on all nodes")
+
+
+async def test_restart_from_dump_and_journal_keeps_state(trio: Trio) -> None:
+    leader = next(n for n in trio.up() if n.status().is_leader)
+    for i in range(40):
+        assert (await leader.submit(_create(i))).ok
+    for n in trio.up():
+        n.force_snapshot()
+    await wait_for(lambda: (trio.base / "n1" / "raft.dump").exists(), 10, "a dump on node 1")
+    for i in range(40, 45):
+        assert (await leader.submit(_create(i))).ok
+    await wait_for(lambda: len(trio.hashes()) == 1, 5, "followers to apply everything")
+    before = trio.hashes()
+    for i in range(3):
+        trio.stop(i)
+    assert not any(p.name.endswith((".tmp", ".writing")) for p in trio.base.rglob("*"))
+    for i in range(3):
+        trio.start(i)
+    await wait_for(lambda: all(n.status().ready for n in trio.up()), 15, "a leader after full restart")
+    await wait_for(lambda: trio.hashes() == before, 10, "state identical to before the restart")
+
+
+async def test_submit_without_quorum_is_unavailable_within_deadline(trio: Trio) -> None:
+    node0 = trio.nodes[0]
+    assert node0 is not None
+    trio.stop(1)
+    trio.stop(2)
+    with pytest.raises(Unavailable) as err:
+        await node0.submit(_create(1), within=1.0)
+    assert err.value.status == 503 and err.value.retry_after is not None
+
+
+def test_stale_temporary_dump_files_are_removed_at_start(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    data = tmp_path / "d"
+    os.makedirs(data)
+    (data / "raft.dump.tmp").write_bytes(b"garbage")
+    (data / "raft.dump.writing").write_bytes(b"garbage")
+    node = RaftNode(Settings(raft_address=f"127.0.0.1:{port}", data_dir=str(data), timings=FAST))
+    node.start()
+    try:
+        assert not (data / "raft.dump.tmp").exists() and not (data / "raft.dump.writing").exists()
+    finally:
+        node.stop()

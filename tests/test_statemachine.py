@@ -1,0 +1,239 @@
+"""Properties of the replicated state machine: deterministic, round-trips, never raises."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slimsched import codec, statemachine
+from slimsched.model import (
+    ConcurrencyPolicy,
+    EnvVar,
+    JobOverrides,
+    JobSpec,
+    KeyRef,
+    Resources,
+    Run,
+    RunStatus,
+    Schedule,
+)
+from slimsched.statemachine import State, apply, decode_snapshot, encode_command, encode_snapshot, fingerprint
+
+ids = st.sampled_from(["a", "b", "c", "d", "e"])
+jobs = st.sampled_from(["fib", "daisy"])
+times = st.integers(min_value=0, max_value=2_000_000_000)
+
+specs = st.builds(
+    JobSpec,
+    image=st.sampled_from(["img:1", "img:2"]),
+    args=st.lists(st.text(max_size=5), max_size=3).map(tuple),
+    resources=st.just(Resources(requests={"cpu": "100m"}, limits={"cpu": "200m"})),
+    environments=st.lists(
+        st.one_of(
+            st.builds(EnvVar, name=st.sampled_from(["A", "B"]), value=st.text(max_size=4)),
+            st.builds(
+                EnvVar,
+                name=st.just("S"),
+                secret_key_ref=st.builds(KeyRef, name=st.just("s"), key=st.just("k")),
+            ),
+        ),
+        max_size=2,
+    ).map(tuple),
+)
+schedules = st.builds(
+    Schedule,
+    id=ids,
+    job_name=jobs,
+    cron=st.sampled_from(["* * * * *", "0 0 * * *", "* * * * * */10"]),
+    overrides=st.builds(JobOverrides, args=st.none() | st.lists(st.text(max_size=3), max_size=2).map(tuple)),
+    concurrency_policy=st.sampled_from(list(ConcurrencyPolicy)),
+    paused=st.booleans(),
+    created_at_ms=times,
+)
+runs = st.builds(
+    Run,
+    id=ids,
+    job_name=jobs,
+    spec=specs,
+    status=st.just(RunStatus.QUEUED),
+    queued_at_ms=times,
+    kube_name=st.just("k"),
+)
+rids = st.none() | st.sampled_from(["r1", "r2", "r3", "r4"])
+
+
+def _cmd(kind: str, rid: str | None, **fields: Any) -> bytes:
+    if rid is not None:
+        fields["rid"] = rid
+    return encode_command(kind, **fields)
+
+
+well_formed = st.one_of(
+    st.builds(lambda s, r: _cmd("create_schedule", r, schedule=codec.schedule_to_dict(s)), schedules, rids),
+    st.builds(lambda j, i, r: _cmd("delete_schedule", r, job_name=j, schedule_id=i), jobs, ids, rids),
+    st.builds(
+        lambda j, i, p, r: _cmd("set_paused", r, job_name=j, schedule_id=i, paused=p),
+        jobs,
+        ids,
+        st.booleans(),
+        rids,
+    ),
+    st.builds(lambda run, r: _cmd("enqueue_run", r, run=codec.run_to_dict(run)), runs, rids),
+    st.builds(lambda j, i, t, r: _cmd("cancel_run", r, job_name=j, run_id=i, at=t), jobs, ids, times, rids),
+    st.builds(
+        lambda i, tick, run: _cmd(
+            "fire_tick",
+            None,
+            schedule_id=i,
+            tick=tick,
+            at=tick * 1000 + 5,
+            outcome="fired",
+            run=codec.run_to_dict(run),
+        ),
+        ids,
+        st.integers(0, 100),
+        runs,
+    ),
+    st.builds(
+        lambda i, st_, t: _cmd("run_status", None, run_id=i, status=st_, at=t),
+        ids,
+        st.sampled_from(["Pending", "Running", "Succeeded", "Failed", "Queued"]),
+        times,
+    ),
+    st.builds(lambda i, t: _cmd("start_dispatch", None, run_id=i, term=1, index=t), ids, times),
+    st.builds(lambda r: _cmd("barrier", r), rids),
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+malformed = st.one_of(
+    st.binary(max_size=40),
+    json_values.map(orjson.dumps),
+    st.builds(
+        lambda kind, body: orjson.dumps({"v": 1, "type": kind, **body}),
+        st.sampled_from([*statemachine.HANDLERS, "nope"]),
+        st.dictionaries(
+            st.sampled_from(
+                ["rid", "schedule", "run", "job_name", "schedule_id", "run_id", "at", "tick", "outcome"]
+            ),
+            json_values,
+            max_size=5,
+        ),
+    ),
+)
+commands = st.lists(st.one_of(well_formed, well_formed, malformed), max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(commands)
+def test_replay_is_deterministic(payloads: list[bytes]) -> None:
+    a, b = State(), State()
+    results_a = [apply(a, p) for p in payloads]
+    results_b = [apply(b, p) for p in payloads]
+    assert results_a == results_b
+    assert fingerprint(a) == fingerprint(b)
+
+
+@settings(max_examples=150, deadline=None)
+@given(commands)
+def test_apply_never_raises_and_snapshot_round_trips(payloads: list[bytes]) -> None:
+    state = State()
+    for p in payloads:
+        result = apply(state, p)  # any exception fails the test
+        assert isinstance(result, statemachine.Result)
+    restored = decode_snapshot(encode_snapshot(state))
+    assert restored == state
+    assert fingerprint(restored) == fingerprint(state)
+
+
+@settings(max_examples=100, deadline=None)
+@given(commands, commands)
+def test_snapshot_then_more_commands_equals_straight_replay(first: list[bytes], rest: list[bytes]) -> None:
+    straight = statemachine.replay(first + rest)
+    resumed = decode_snapshot(encode_snapshot(statemachine.replay(first)))
+    for p in rest:
+        apply(resumed, p)
+    assert fingerprint(resumed) == fingerprint(straight)
+
+
+def _schedule(i: str = "s1") -> bytes:
+    return codec.schedule_to_dict(Schedule(id=i, job_name="fib", cron="* * * * *"))  # type: ignore[return-value]
+
+
+def test_repeated_request_id_returns_stored_result_without_reapplying() -> None:
+    state = State()
+    create = encode_command("create_schedule", rid="r1", schedule=_schedule())
+    first = apply(state, create)
+    assert first.ok and first.value == {"Id": "s1"}
+    delete = encode_command("delete_schedule", rid="r2", job_name="fib", schedule_id="s1")
+    assert apply(state, delete).ok
+    # A retry of the create (same rid) must not bring the deleted schedule back.
+    assert apply(state, create) == first
+    assert state.schedules == {}
+    # A different request creating the same id is a real conflict-free create again.
+    assert apply(state, encode_command("create_schedule", rid="r3", schedule=_schedule())).ok
+
+
+def test_fire_tick_accepts_each_tick_once_and_in_order() -> None:
+    state = State()
+    apply(state, encode_command("create_schedule", schedule=_schedule()))
+
+    def fire(tick: int, run_id: str) -> statemachine.Result:
+        run = Run(
+            id=run_id,
+            job_name="fib",
+            spec=JobSpec(image="i"),
+            status=RunStatus.QUEUED,
+            queued_at_ms=tick * 1000,
+            kube_name=run_id,
+            schedule_id="s1",
+            tick=tick,
+        )
+        return apply(
+            state,
+            encode_command(
+                "fire_tick",
+                schedule_id="s1",
+                tick=tick,
+                at=tick * 1000 + 7,
+                outcome="fired",
+                run=codec.run_to_dict(run),
+            ),
+        )
+
+    assert fire(60, "s1-60").ok
+    assert fire(60, "s1-60-again").code == "duplicate"
+    assert fire(30, "s1-30").code == "duplicate"
+    assert fire(120, "s1-120").ok
+    assert [r.id for r in state.runs_of("fib")] == ["s1-60", "s1-120"]
+    assert [(t.tick, t.lateness_ms) for t in state.ledger["s1"]] == [(60, 7), (120, 7)]
+
+
+def test_malformed_command_leaves_state_untouched() -> None:
+    state = State()
+    apply(state, encode_command("create_schedule", schedule=_schedule()))
+    before = fingerprint(state)
+    bad = orjson.dumps(
+        {"v": 1, "type": "fire_tick", "schedule_id": "s1", "tick": 5, "at": 9, "outcome": "fired"}
+    )
+    result = apply(state, bad)
+    assert result.code == "invalid"
+    assert fingerprint(state) == before
+    assert apply(state, b"\xff\x00").code == "invalid"
+    assert apply(state, orjson.dumps({"v": 2, "type": "barrier"})).code == "invalid"
+
+
+def test_restore_applies_only_to_an_empty_state() -> None:
+    state = State()
+    sched = _schedule("s9")
+    assert apply(state, encode_command("restore", schedules=[sched], last_fired={"s9": 120})).ok
+    assert state.last_fired == {"s9": 120}
+    again = apply(state, encode_command("restore", schedules=[_schedule("s10")], last_fired={}))
+    assert again.code == "conflict"
+    assert list(state.schedules) == ["s9"]
