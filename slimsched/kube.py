@@ -1,0 +1,234 @@
+"""The Kubernetes edge: an async facade over the official client, the only importer of ``kubernetes``.
+
+The official client blocks, so every call runs in this client's own thread pool and the event
+loop never waits on the network. Answers are returned as plain dicts in the API's own camelCase
+JSON (read raw and parsed with orjson, never through the client's model classes), so the pure
+code in ``jobmanifest`` reads exactly what a cluster or the emulator sent. Client exceptions
+become ``KubeError`` (with the HTTP status when there is one); the outcomes that dispatching
+treats as normal (409 on create, 404 on get/delete) are answered as values instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import orjson
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from slimsched.errors import KubeError
+
+T = TypeVar("T")
+
+REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
+FOLLOW_TIMEOUT = (5.0, 3600.0)  # a followed container may be quiet for long, not forever
+LIST_PAGE_SIZE = 500
+MAX_LIST_PAGES = 1000
+CALL_THREADS = 8
+LOG_STREAM_THREADS = 16
+
+
+def _api_error_message(e: ApiException) -> str:
+    """The ``message`` of the Status object the API server sent, or the HTTP reason."""
+    body = getattr(e, "body", None)
+    if body:
+        with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+            status = orjson.loads(body)
+            if isinstance(status, dict) and status.get("message"):
+                return str(status["message"])
+    return str(getattr(e, "reason", None) or "error")
+
+
+class KubeClient:
+    """Jobs, pods, workloads, cronjobs and pod logs of one namespace, as plain dicts."""
+
+    def __init__(self, api_client: Any, namespace: str) -> None:
+        self.namespace = namespace
+        self._api = api_client
+        self._batch = k8s.BatchV1Api(api_client)
+        self._core = k8s.CoreV1Api(api_client)
+        self._apps = k8s.AppsV1Api(api_client)
+        self._calls = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="slimsched-kube")
+        # A followed log holds a thread while it waits for the next line: kept apart so that
+        # log readers can never starve job dispatch.
+        self._streams = ThreadPoolExecutor(LOG_STREAM_THREADS, thread_name_prefix="slimsched-kube-log")
+
+    @classmethod
+    def from_url(cls, url: str, namespace: str) -> KubeClient:
+        """A client of a plain-HTTP API server without authentication (the emulator)."""
+        configuration = k8s.Configuration()
+        configuration.host = url.rstrip("/")
+        return cls(k8s.ApiClient(configuration), namespace)
+
+    @classmethod
+    def in_cluster(cls, namespace: str) -> KubeClient:
+        """A client using the pod's service account."""
+        configuration = k8s.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except ConfigException as e:
+            raise KubeError(f"cannot load the in-cluster configuration: {e}") from e
+        return cls(k8s.ApiClient(configuration), namespace)
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | None, namespace: str) -> KubeClient:
+        """A client of the current context of a kubeconfig file (None: the default location)."""
+        configuration = k8s.Configuration()
+        try:
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=path, client_configuration=configuration)
+        except (ConfigException, OSError) as e:
+            raise KubeError(f"cannot load kubeconfig {path or '(default)'}: {e}") from e
+        return cls(k8s.ApiClient(configuration), namespace)
+
+    async def close(self) -> None:
+        self._calls.shutdown(wait=False, cancel_futures=True)
+        self._streams.shutdown(wait=False, cancel_futures=True)
+        self._api.close()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def _run(self, what: str, fn: Callable[[], T], executor: ThreadPoolExecutor | None = None) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor or self._calls, fn)
+        except ApiException as e:
+            status = getattr(e, "status", None)
+            raise KubeError(f"{what}: HTTP {status}: {_api_error_message(e)}", status=status) from e
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            raise KubeError(f"{what}: {type(e).__name__}: {e}") from e
+
+    async def _json(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        def call() -> dict[str, Any]:
+            response = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            try:
+                data = orjson.loads(response.data)
+            finally:
+                response.release_conn()
+            if not isinstance(data, dict):
+                raise ValueError("the API server did not answer with a JSON object")
+            return data
+
+        return await self._run(what, call)
+
+    async def _list(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            page = await self._json(what, fn, self.namespace, limit=LIST_PAGE_SIZE, _continue=token, **kwargs)
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue") or None
+            if token is None:
+                return items
+        raise KubeError(f"{what}: more than {MAX_LIST_PAGES} pages")
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    async def create_job(self, manifest: Mapping[str, Any]) -> bool:
+        """Create a Job: True if created, False if one of that name already exists (HTTP 409)."""
+        name = (manifest.get("metadata") or {}).get("name")
+        try:
+            await self._json(f"create job {name}", self._batch.create_namespaced_job, self.namespace,
+                             dict(manifest))
+        except KubeError as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    async def get_job(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._json(f"get job {name}", self._batch.read_namespaced_job, name, self.namespace)
+        except KubeError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def list_jobs(self, label_selector: str) -> list[dict[str, Any]]:
+        return await self._list(f"list jobs {label_selector}", self._batch.list_namespaced_job,
+                                label_selector=label_selector)
+
+    async def delete_job(self, name: str) -> bool:
+        """Delete a Job and (foreground) its pods: False if there was no such Job."""
+        try:
+            await self._json(f"delete job {name}", self._batch.delete_namespaced_job, name, self.namespace,
+                             propagation_policy="Foreground")
+        except KubeError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    # --- pods, workloads, cronjobs ----------------------------------------------------------
+
+    async def list_pods(self, label_selector: str) -> list[dict[str, Any]]:
+        return await self._list(f"list pods {label_selector}", self._core.list_namespaced_pod,
+                                label_selector=label_selector)
+
+    async def workload_ready(self, name: str) -> bool:
+        """A Deployment (else a StatefulSet) ``name`` has all its replicas ready; missing: False."""
+        for kind, read in (("deployment", self._apps.read_namespaced_deployment),
+                           ("statefulset", self._apps.read_namespaced_stateful_set)):
+            try:
+                obj = await self._json(f"get {kind} {name}", read, name, self.namespace)
+            except KubeError as e:
+                if e.status == 404:
+                    continue
+                raise
+            wanted = (obj.get("spec") or {}).get("replicas")
+            wanted = 1 if wanted is None else int(wanted)
+            ready = int((obj.get("status") or {}).get("readyReplicas") or 0)
+            return ready >= wanted
+        return False
+
+    async def list_cronjobs(self) -> list[dict[str, Any]]:
+        return await self._list("list cronjobs", self._batch.list_namespaced_cron_job)
+
+    # --- logs -------------------------------------------------------------------------------
+
+    def _open_log(self, pod_name: str, **kwargs: Any) -> urllib3.HTTPResponse:
+        # Typed as returning the log text; with _preload_content=False it is the raw response.
+        read: Callable[..., Any] = self._core.read_namespaced_pod_log
+        response: urllib3.HTTPResponse = read(pod_name, self.namespace, _preload_content=False, **kwargs)
+        return response
+
+    async def read_pod_log(self, pod_name: str, tail_lines: int | None = None) -> str:
+        def call() -> str:
+            response = self._open_log(pod_name, tail_lines=tail_lines, _request_timeout=REQUEST_TIMEOUT)
+            try:
+                return response.data.decode("utf-8", errors="replace")
+            finally:
+                response.release_conn()
+
+        return await self._run(f"read log of pod {pod_name}", call)
+
+    async def stream_pod_log(self, pod_name: str) -> AsyncGenerator[str, None]:
+        """The pod's log lines (without their newline) as they are written, until the pod ends."""
+        what = f"follow log of pod {pod_name}"
+        response = await self._run(
+            what, lambda: self._open_log(pod_name, follow=True, _request_timeout=FOLLOW_TIMEOUT))
+        lines: Iterator[bytes] = iter(response)
+        exhausted = False
+        try:
+            while True:
+                line = await self._run(what, lambda: next(lines, None), self._streams)
+                if line is None:
+                    exhausted = True
+                    return
+                yield line.decode("utf-8", errors="replace").removesuffix("\n")
+        finally:
+            if exhausted:
+                response.release_conn()
+            else:
+                # The consumer left early (or was cancelled) while a reader thread may still
+                # be blocked on the socket: shutting it down wakes that thread; the half-read
+                # connection is closed, never returned to the pool.
+                response.shutdown()
+                response.close()
