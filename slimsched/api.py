@@ -25,6 +25,7 @@ from slimsched import codec, cronplan, jobconfig
 from slimsched.access import AccessPolicy
 from slimsched.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from slimsched.jobmanifest import kube_job_name
+from slimsched.metrics import Metrics
 from slimsched.model import Run, RunStatus, Schedule, Visibility
 from slimsched.raft import RaftNode
 from slimsched.statemachine import Result, State, encode_command, fingerprint
@@ -55,6 +56,7 @@ class ApiContext:
     pod_ips: Callable[[], Awaitable[Collection[str]]] = _no_pod_ips
     max_body_bytes: int = 1024 * 1024
     ready_gate: Callable[[], bool] = field(default=lambda: True)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -251,7 +253,7 @@ async def patch_schedule(request: web.Request) -> web.Response:
     paused = body.get("Paused")
     if not isinstance(paused, bool):
         raise BadRequest("invalid_field", "Paused must be true or false")
-    await _submit(ctx, "set_paused", job_name=name, schedule_id=schedule_id, paused=paused)
+    await _submit(ctx, "set_paused", job_name=name, schedule_id=schedule_id, paused=paused, at=ctx.now_ms())
     now_s = int(ctx.clock())
 
     def view(state: State) -> dict[str, Any] | None:
@@ -384,6 +386,18 @@ async def cluster_status(request: web.Request) -> web.Response:
     return _json(body)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    m = ctx.metrics
+    status = ctx.raft.status()
+    m.is_leader.set(1 if status.is_leader else 0)
+    m.term.set(status.term)
+    m.commit_index.set(status.commit_index)
+    m.applied_index.set(status.applied_index)
+    m.schedules.set(ctx.raft.read(lambda st: len(st.schedules)))
+    return web.Response(body=m.render(), content_type="text/plain", charset="utf-8")
+
+
 ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
     ("POST", "/job-schedules/{name}", post_schedule),
     ("GET", "/job-schedules/{name}", list_schedules),
@@ -396,6 +410,7 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
     ("GET", "/health", health),
     ("GET", "/ready", ready),
     ("GET", "/status", cluster_status),
+    ("GET", "/metrics", metrics),
 )
 
 

@@ -22,6 +22,7 @@ from slimsched import jobconfig
 from slimsched.democonfig import DEMO_JOBS_CONFIGURATION
 from slimsched.discovery import local_peers
 from slimsched.errors import ConfigError
+from slimsched.localcluster import free_ports
 from slimsched.settings import Settings
 
 log = logging.getLogger("slimsched")
@@ -84,6 +85,19 @@ def cmd_local(args: argparse.Namespace) -> int:
     if not args.jobs_config:
         env["SLIMSCHED_JOBS_CONFIGURATION"] = DEMO_JOBS_CONFIGURATION
         print("no --jobs-config given: using the demo configuration (job 'fibonacci', Public)", flush=True)
+    if args.kubeconfig:
+        env.update(SLIMSCHED_KUBE_MODE="kubeconfig", KUBECONFIG=os.path.abspath(args.kubeconfig))
+        print(f"dispatching to the cluster of {args.kubeconfig}", flush=True)
+    else:
+        (port,) = free_ports(1)
+        emulator = subprocess.Popen([sys.executable, "-m", "slimsched.emulator", "--port", str(port)])
+        procs.append(emulator)
+        env.update(SLIMSCHED_KUBE_MODE="url", SLIMSCHED_KUBE_URL=f"http://127.0.0.1:{port}")
+        print(
+            f"no --kubeconfig given: dispatching to the embedded Kubernetes API emulator at "
+            f"http://127.0.0.1:{port} (pid {emulator.pid})",
+            flush=True,
+        )
     for i in range(n):
         cmd = [
             sys.executable,
@@ -152,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--nodes", type=int, default=3)
     local.add_argument("--data-dir", default="data/local")
     local.add_argument("--jobs-config")
+    local.add_argument("--kubeconfig", help="dispatch to this cluster instead of the embedded API emulator")
     local.add_argument("--http-port", type=int, default=5000, help="HTTP port of node 0 (then +1 each)")
     local.add_argument("--raft-port", type=int, default=3262, help="Raft port of node 0 (then +1 each)")
     local.set_defaults(func=cmd_local)

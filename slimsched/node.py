@@ -1,15 +1,17 @@
-"""One slimsched node: wires settings, the Raft node, the HTTP API and the background loops.
+"""One slimsched node: wires settings, the Raft node, the HTTP API, Kubernetes and the leader loops.
 
-The node owns every background task it starts, each named, and stops them within a deadline.
-Shutdown order (SIGTERM): readiness fails first, the HTTP server stops taking connections and
-lets in-flight requests finish, leader work stops, then the Raft node leaves.
+The node owns every background task it starts and stops them within a deadline. Shutdown order
+(SIGTERM): readiness fails first, the HTTP server stops taking connections and lets in-flight
+requests finish, the leader loops stop, then the Raft node leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,12 +20,43 @@ from aiohttp import web
 from slimsched import jobconfig
 from slimsched.access import AccessPolicy
 from slimsched.api import ApiContext, create_app
+from slimsched.errors import ConfigError
+from slimsched.kube import KubeClient
+from slimsched.leader import Leader, LeaderTimings
+from slimsched.metrics import Metrics
 from slimsched.raft import RaftNode
 from slimsched.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
+_SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def make_kube(settings: Settings) -> KubeClient | None:
+    """The Kubernetes client ``settings.kube_mode`` asks for; None means "do not dispatch"."""
+    mode = settings.kube_mode
+    if mode == "auto":
+        if settings.kube_url:
+            mode = "url"
+        elif os.path.exists(_SERVICE_ACCOUNT_TOKEN):
+            mode = "incluster"
+        elif settings.kubeconfig or os.path.exists(os.path.expanduser("~/.kube/config")):
+            mode = "kubeconfig"
+        else:
+            mode = "none"
+    if mode == "none":
+        log.warning("no Kubernetes API configured: schedules fire and runs queue, but nothing is dispatched")
+        return None
+    if mode == "url":
+        if not settings.kube_url:
+            raise ConfigError("SLIMSCHED_KUBE_MODE=url needs SLIMSCHED_KUBE_URL")
+        return KubeClient.from_url(settings.kube_url, settings.namespace)
+    if mode == "incluster":
+        return KubeClient.in_cluster(settings.namespace)
+    if mode == "kubeconfig":
+        return KubeClient.from_kubeconfig(settings.kubeconfig, settings.namespace)
+    raise ConfigError(f"SLIMSCHED_KUBE_MODE must be auto, none, url, incluster or kubeconfig, not {mode!r}")
 
 
 @dataclass
@@ -31,12 +64,31 @@ class Node:
     settings: Settings
     jobs: jobconfig.JobsConfiguration
     clock: Callable[[], float] = time.time
+    leader_timings: LeaderTimings = field(default_factory=LeaderTimings)
     raft: RaftNode = field(init=False)
+    metrics: Metrics = field(init=False)
+    kube: KubeClient | None = field(init=False)
+    leader: Leader = field(init=False)
     _runner: web.AppRunner | None = field(default=None, init=False)
     _accepting: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
-        self.raft = RaftNode(self.settings)
+        self.metrics = Metrics()
+        self.kube = make_kube(self.settings)
+        self.leader = Leader(
+            raft=None,  # type: ignore[arg-type]  # set just below: the two refer to each other
+            jobs=self.jobs,
+            kube=self.kube,
+            metrics=self.metrics,
+            clock=self.clock,
+            namespace=self.settings.namespace,
+            timings=self.leader_timings,
+            new_id=lambda: uuid.uuid4().hex,
+        )
+        self.raft = RaftNode(
+            self.settings, on_role_change=self.leader.on_role_change, on_applied=self.leader.on_applied
+        )
+        self.leader.raft = self.raft
 
     @property
     def http_url(self) -> str:
@@ -45,7 +97,9 @@ class Node:
 
     async def start(self) -> None:
         s = self.settings
-        await asyncio.get_running_loop().run_in_executor(None, self.raft.start)
+        loop = asyncio.get_running_loop()
+        self.leader.attach(loop)
+        await loop.run_in_executor(None, self.raft.start)
         ctx = ApiContext(
             raft=self.raft,
             jobs=self.jobs,
@@ -53,6 +107,7 @@ class Node:
             clock=self.clock,
             max_body_bytes=s.max_body_bytes,
             ready_gate=lambda: self._accepting,
+            metrics=self.metrics,
         )
         self._runner = web.AppRunner(
             create_app(ctx), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, handle_signals=False
@@ -66,5 +121,8 @@ class Node:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.leader.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.raft.stop)
+        if self.kube is not None:
+            await self.kube.close()
         log.info("node %s stopped", self.settings.node_id)

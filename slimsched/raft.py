@@ -157,7 +157,7 @@ class RaftNode:
         settings: Settings,
         *,
         on_role_change: Callable[[bool], None] | None = None,
-        on_applied: Callable[[Result], None] | None = None,
+        on_applied: Callable[[bytes, Result], None] | None = None,
     ) -> None:
         self.settings = settings
         self._lock = threading.Lock()
@@ -209,7 +209,7 @@ class RaftNode:
             result = statemachine.apply(self._state, payload)
         if self._on_applied is not None:
             try:
-                self._on_applied(result)
+                self._on_applied(payload, result)
             except Exception:
                 log.exception("on_applied hook failed")
         return result

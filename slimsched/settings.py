@@ -40,6 +40,8 @@ ENV_VARS: frozenset[str] = frozenset(
         "SLIMSCHED_MAX_BODY_BYTES",
         "SLIMSCHED_COMMIT_TIMEOUT_SECONDS",
         "SLIMSCHED_KUBE_MODE",
+        "SLIMSCHED_KUBE_URL",
+        "KUBECONFIG",
         "SLIMSCHED_LOG_LEVEL",
     }
 )
@@ -75,6 +77,8 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     commit_timeout_seconds: float = 5.0
     kube_mode: str = "auto"
+    kube_url: str | None = None
+    kubeconfig: str | None = None
     log_level: str = "INFO"
     timings: RaftTimings = field(default_factory=RaftTimings)
 
@@ -126,6 +130,8 @@ class Settings:
             max_body_bytes=_int(e, "SLIMSCHED_MAX_BODY_BYTES", 1024 * 1024),
             commit_timeout_seconds=_float(e, "SLIMSCHED_COMMIT_TIMEOUT_SECONDS", 5.0),
             kube_mode=e.get("SLIMSCHED_KUBE_MODE", "auto"),
+            kube_url=e.get("SLIMSCHED_KUBE_URL") or None,
+            kubeconfig=e.get("KUBECONFIG") or None,
             log_level=e.get("SLIMSCHED_LOG_LEVEL", "INFO"),
         )
 

@@ -126,7 +126,7 @@ def _delete_schedule(state: State, cmd: dict[str, Any]) -> Result:
         state.job_schedules.pop(found.job_name, None)
     state.last_fired.pop(found.id, None)
     state.ledger.pop(found.id, None)
-    return OK
+    return Result("ok", value={"Id": found.id})
 
 
 def _set_paused(state: State, cmd: dict[str, Any]) -> Result:
@@ -136,7 +136,13 @@ def _set_paused(state: State, cmd: dict[str, Any]) -> Result:
     paused = cmd["paused"]
     if not isinstance(paused, bool):
         return error("invalid", "paused must be a boolean")
+    at = cmd.get("at")
+    if at is not None and not isinstance(at, int):
+        return error("invalid", "at must be an integer")
     state.schedules[found.id] = replace(found, paused=paused)
+    if found.paused and not paused and at is not None:
+        # Ticks that fell while paused are not owed: resuming starts from the resume time.
+        state.last_fired[found.id] = max(state.last_fired.get(found.id, -1), at // 1000)
     return Result("ok", value={"Id": found.id, "Paused": paused})
 
 

@@ -1,0 +1,503 @@
+"""What only the leader does: fire cron ticks, dispatch queued runs, follow their Jobs.
+
+Being leader is never enough to act (pysyncobj has no lease: a deposed leader believes it leads
+for ``leaderFallbackTimeout``). Every effect follows a committed command: a tick becomes a run
+only through a committed ``fire_tick`` (which the state machine accepts once per tick), a Job is
+created only after a committed ``start_dispatch``, and its name is derived from the run id so a
+second create, by any leader, is an HTTP 409. A new leader first commits a barrier, then
+reconciles the runs left in "Dispatching", and only then fires and dispatches.
+
+The loops are event-driven: the cron loop sleeps until the next fire time of a heap keyed by
+time (woken early when a schedule changes); the dispatch loop wakes when a run is queued or ends;
+Kubernetes is polled only while runs are active. All of them stop at once when leadership goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from slimsched import codec, cronplan, jobconfig
+from slimsched.errors import ApiError, KubeError
+from slimsched.jobmanifest import (
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    build_job_manifest,
+    kube_job_name,
+    run_status_from_job,
+)
+from slimsched.kube import KubeClient
+from slimsched.metrics import Metrics
+from slimsched.model import ConcurrencyPolicy, Run, RunStatus, Schedule, TickOutcome
+from slimsched.raft import RaftNode
+from slimsched.statemachine import Result, State, encode_command
+
+log = logging.getLogger(__name__)
+
+_SCHEDULE_COMMANDS = frozenset({"create_schedule", "delete_schedule", "set_paused", "restore"})
+_RUN_COMMANDS = frozenset({"enqueue_run", "fire_tick", "run_status", "cancel_run", "start_dispatch"})
+STOP_DEADLINE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class LeaderTimings:
+    status_poll_seconds: float = 0.5
+    blocked_retry_seconds: float = 2.0
+    idle_dispatch_check_seconds: float = 30.0
+    max_concurrent_proposals: int = 256
+    max_concurrent_dispatches: int = 32
+
+
+@dataclass(frozen=True)
+class _Due:
+    schedule: Schedule
+    last_fired: int | None
+    active_runs: tuple[Run, ...]
+
+
+class Leader:
+    """Owned by the node; started and stopped as this node gains and loses Raft leadership."""
+
+    def __init__(
+        self,
+        raft: RaftNode,
+        jobs: jobconfig.JobsConfiguration,
+        kube: KubeClient | None,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float],
+        namespace: str,
+        timings: LeaderTimings | None = None,
+        new_id: Callable[[], str],
+    ) -> None:
+        self.raft = raft
+        self.jobs = jobs
+        self.kube = kube
+        self.metrics = metrics
+        self.clock = clock
+        self.namespace = namespace
+        self.timings = timings or LeaderTimings()
+        self.new_id = new_id
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._leading = False
+        self._cron_wake = asyncio.Event()
+        self._dispatch_wake = asyncio.Event()
+        self._status_wake = asyncio.Event()
+        self._touched: set[str] = set()
+        self._rebuild = True
+        self._next: dict[str, int] = {}
+        self._heap: list[tuple[int, str]] = []
+        self._deleted_jobs: set[str] = set()
+        self._inflight: set[str] = set()
+
+    # -- hooks called in the Raft thread -------------------------------------------------------
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def on_role_change(self, is_leader: bool) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._set_role, is_leader)
+
+    def on_applied(self, payload: bytes, result: Result) -> None:
+        if not self._leading or self._loop is None or not result.ok:
+            return
+        try:
+            cmd = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        kind = cmd.get("type")
+        if kind in _SCHEDULE_COMMANDS:
+            sid = None if kind == "restore" else (result.value or {}).get("Id")
+            self._loop.call_soon_threadsafe(self._schedule_touched, sid)
+        if kind in _RUN_COMMANDS:
+            self._loop.call_soon_threadsafe(self._runs_changed)
+
+    # -- role ----------------------------------------------------------------------------------
+
+    def _set_role(self, is_leader: bool) -> None:
+        if is_leader and self._task is None:
+            self._leading = True
+            self._rebuild = True
+            self._task = asyncio.get_running_loop().create_task(self._lead(), name="leader-term")
+        elif not is_leader and self._task is not None:
+            self._leading = False
+            self._task.cancel()
+            self._task = None
+
+    def _runs_changed(self) -> None:
+        self._dispatch_wake.set()
+        self._status_wake.set()
+
+    def _schedule_touched(self, sid: str | None) -> None:
+        if sid is None:
+            self._rebuild = True
+        else:
+            self._touched.add(sid)
+        self._cron_wake.set()
+
+    async def stop(self) -> None:
+        """Stop leading now (shutdown): cancel the loops and wait for them, within a deadline."""
+        self._leading = False
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, STOP_DEADLINE_SECONDS)
+
+    async def _lead(self) -> None:
+        try:
+            await self._propose_until_committed("barrier")
+            await self._sync_runs()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._cron_loop(), name="leader-cron")
+                tg.create_task(self._dispatch_loop(), name="leader-dispatch")
+                tg.create_task(self._status_loop(), name="leader-status")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("leader loops failed; stepping back until the next term")
+            self._leading = False
+            self._task = None
+
+    async def _propose_until_committed(self, kind: str, **fields: Any) -> Result:
+        rid = self.new_id()
+        while True:
+            try:
+                return await self.raft.submit(encode_command(kind, rid=rid, **fields))
+            except ApiError:
+                await asyncio.sleep(0.1)
+
+    async def _propose(self, kind: str, **fields: Any) -> Result | None:
+        try:
+            return await self.raft.submit(encode_command(kind, rid=self.new_id(), **fields))
+        except ApiError as e:
+            log.warning("proposal %s not committed: %s", kind, e.message)
+            return None
+
+    # -- cron ----------------------------------------------------------------------------------
+
+    def _plan_for(self, s: Schedule, last_fired: int | None, now: int) -> cronplan.TickPlan | None:
+        if s.paused:
+            return None
+        try:
+            return cronplan.plan(
+                s.cron,
+                s.time_zone,
+                last_handled=last_fired,
+                created_at=s.created_at_ms // 1000,
+                now=now,
+                starting_deadline_seconds=s.starting_deadline_seconds,
+            )
+        except (ValueError, ApiError):
+            log.warning("schedule %s has an expression that never fires: %r", s.id, s.cron)
+            return None
+
+    def _refresh(self, sids: Iterable[str] | None, now: int) -> list[_Due]:
+        """Recompute heap entries (all when ``sids`` is None); return schedules with work now."""
+
+        def read(state: State) -> list[_Due]:
+            ids = list(state.schedules) if sids is None else [i for i in sids if i in state.schedules]
+            return [
+                _Due(
+                    state.schedules[i],
+                    state.last_fired.get(i),
+                    tuple(r for r in state.runs_of(state.schedules[i].job_name) if r.schedule_id == i)
+                    if state.schedules[i].concurrency_policy is not ConcurrencyPolicy.ALLOW
+                    else (),
+                )
+                for i in ids
+            ]
+
+        if sids is None:
+            self._next.clear()
+            self._heap.clear()
+        else:
+            for sid in sids:
+                self._next.pop(sid, None)
+        work: list[_Due] = []
+        for due in self.raft.read(read):
+            plan = self._plan_for(due.schedule, due.last_fired, now)
+            if plan is None:
+                continue
+            if plan.due is not None or plan.missed:
+                work.append(due)
+            self._next[due.schedule.id] = plan.next_tick
+            heapq.heappush(self._heap, (plan.next_tick, due.schedule.id))
+        if len(self._heap) > 4 * max(len(self._next), 1024):
+            self._heap = [(t, i) for i, t in self._next.items()]
+            heapq.heapify(self._heap)
+        return work
+
+    async def _cron_loop(self) -> None:
+        sem = asyncio.Semaphore(self.timings.max_concurrent_proposals)
+        while True:
+            now = int(self.clock())
+            if self._rebuild:
+                self._rebuild = False
+                self._touched.clear()
+                work = self._refresh(None, now)
+            else:
+                due_ids = set(self._touched)
+                self._touched.clear()
+                while self._heap and self._heap[0][0] <= now:
+                    tick, sid = heapq.heappop(self._heap)
+                    if self._next.get(sid) == tick:
+                        due_ids.add(sid)
+                work = self._refresh(due_ids, now) if due_ids else []
+            if work:
+                await asyncio.gather(*(self._fire(d, now, sem) for d in work))
+                # Fired ticks advanced last_fired: recompute those schedules' next ticks.
+                self._touched.update(d.schedule.id for d in work)
+                continue
+            self._cron_wake.clear()
+            delay = (self._heap[0][0] - self.clock()) if self._heap else 3600.0
+            if delay > 0 and not self._touched and not self._rebuild:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._cron_wake.wait(), min(delay, 3600.0))
+
+    async def _fire(self, due: _Due, now: int, sem: asyncio.Semaphore) -> None:
+        s = due.schedule
+        plan = self._plan_for(s, due.last_fired, now)
+        if plan is None or (plan.due is None and not plan.missed):
+            return
+        at = int(self.clock() * 1000)
+        fields: dict[str, Any] = {"schedule_id": s.id, "at": at}
+        if plan.due is None:
+            fields.update(
+                tick=plan.missed[-1], outcome=TickOutcome.MISSED.value, missed=list(plan.missed[:-1])
+            )
+            fields["reason"] = "past StartingDeadlineSeconds"
+        else:
+            tick = plan.due
+            fields.update(tick=tick, missed=list(plan.missed))
+            active = [r for r in due.active_runs if not r.status.terminal]
+            if s.concurrency_policy is ConcurrencyPolicy.FORBID and active:
+                fields.update(
+                    outcome=TickOutcome.SKIPPED.value, reason="Forbid: the previous run is still active"
+                )
+            else:
+                try:
+                    spec = jobconfig.merge(self.jobs.job(s.job_name), s.overrides)
+                except ApiError as e:
+                    spec = None
+                    fields.update(
+                        outcome=TickOutcome.SKIPPED.value, reason=f"invalid against configuration: {e}"
+                    )
+                if spec is not None:
+                    if s.concurrency_policy is ConcurrencyPolicy.REPLACE:
+                        for r in active:
+                            await self._propose("cancel_run", job_name=s.job_name, run_id=r.id, at=at)
+                    run_id = f"{s.id}-{tick}"
+                    run = Run(
+                        id=run_id,
+                        job_name=s.job_name,
+                        spec=spec,
+                        status=RunStatus.QUEUED,
+                        queued_at_ms=at,
+                        kube_name=kube_job_name(s.job_name, run_id),
+                        schedule_id=s.id,
+                        tick=tick,
+                    )
+                    fields.update(outcome=TickOutcome.FIRED.value, run=codec.run_to_dict(run))
+        async with sem:
+            # No rid: the state machine's tick check makes a repeated FireTick a "duplicate".
+            try:
+                result = await self.raft.submit(encode_command("fire_tick", **fields))
+            except ApiError as e:
+                log.warning("fire_tick %s@%s not committed: %s", s.id, fields["tick"], e.message)
+                return
+        if result.ok:
+            outcome = fields["outcome"]
+            self.metrics.ticks.labels(outcome).inc()
+            if fields.get("missed"):
+                self.metrics.ticks.labels(TickOutcome.MISSED.value).inc(len(fields["missed"]))
+            if outcome == TickOutcome.FIRED.value:
+                self.metrics.lateness.observe(max(0.0, self.clock() - fields["tick"]))
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        sem = asyncio.Semaphore(self.timings.max_concurrent_dispatches)
+        while True:
+            self._dispatch_wake.clear()
+            blocked = await self._dispatch_pass(sem)
+            timeout = (
+                self.timings.blocked_retry_seconds if blocked else self.timings.idle_dispatch_check_seconds
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dispatch_wake.wait(), timeout)
+
+    async def _dispatch_pass(self, sem: asyncio.Semaphore) -> bool:
+        """Start what the limits allow; True if some run waits on a dependency."""
+
+        def read(state: State) -> list[tuple[str, list[Run], int]]:
+            out = []
+            for job_name, run_ids in state.job_runs.items():
+                runs = [state.runs[i] for i in run_ids]
+                queued = [r for r in runs if r.status is RunStatus.QUEUED]
+                if queued:
+                    out.append((job_name, queued, sum(1 for r in runs if r.status.active)))
+            return out
+
+        jobs = self.raft.read(read)
+        self.metrics.queue_depth.set(sum(len(q) for _, q, _ in jobs))
+        blocked = False
+        ready_cache: dict[str, bool] = {}
+        starts: list[Awaitable[None]] = []
+        for job_name, queued, active in jobs:
+            slots = self.jobs.job(job_name).number_parallel_job - active
+            for run in queued:
+                if slots <= 0:
+                    break
+                if run.id in self._inflight:
+                    slots -= 1
+                    continue
+                if not await self._dependencies_ready(run, ready_cache):
+                    blocked = True
+                    break  # FIFO within a job; other jobs go on
+                slots -= 1
+                self._inflight.add(run.id)
+                starts.append(self._start(run, sem))
+        if starts:
+            await asyncio.gather(*starts)
+        return blocked
+
+    async def _dependencies_ready(self, run: Run, cache: dict[str, bool]) -> bool:
+        if self.kube is None:
+            return False
+        for dep in run.spec.depends_on:
+            if dep not in cache:
+                try:
+                    cache[dep] = await self.kube.workload_ready(dep)
+                except KubeError:
+                    self.metrics.dispatch_errors.inc()
+                    cache[dep] = False
+            if not cache[dep]:
+                return False
+        return True
+
+    async def _start(self, run: Run, sem: asyncio.Semaphore) -> None:
+        try:
+            async with sem:
+                status = self.raft.status()
+                result = await self._propose(
+                    "start_dispatch", run_id=run.id, term=status.term, index=status.commit_index
+                )
+                if result is None or not result.ok:
+                    return
+                claimed = self.raft.read(lambda s: s.runs.get(run.id))
+                if claimed is not None and claimed.status is RunStatus.DISPATCHING:
+                    await self._create(claimed)
+        finally:
+            self._inflight.discard(run.id)
+
+    async def _create(self, run: Run) -> None:
+        """Create the run's Job (409 counts as done), then commit that it is Pending."""
+        if self.kube is None:
+            return
+        manifest = build_job_manifest(
+            run,
+            namespace=self.namespace,
+            raft_term=run.dispatch_term or 0,
+            raft_index=run.dispatch_index or 0,
+            schedule_id=run.schedule_id,
+        )
+        try:
+            await self.kube.create_job(manifest)
+        except KubeError as e:
+            self.metrics.dispatch_errors.inc()
+            log.warning("creating Job %s failed: %s", run.kube_name, e)
+            return
+        self.metrics.dispatched.inc()
+        if run.tick is not None:
+            self.metrics.dispatch_lateness.observe(max(0.0, self.clock() - run.tick))
+        await self._propose(
+            "run_status", run_id=run.id, status=RunStatus.PENDING.value, at=int(self.clock() * 1000)
+        )
+
+    # -- following Jobs ------------------------------------------------------------------------
+
+    async def _status_loop(self) -> None:
+        while True:
+            self._status_wake.clear()
+            if await self._sync_runs():
+                await asyncio.sleep(self.timings.status_poll_seconds)
+            else:
+                await self._status_wake.wait()
+
+    async def _sync_runs(self) -> bool:
+        """Commit what Kubernetes shows for active runs; re-create Jobs left in Dispatching.
+
+        Returns whether any run is still active.
+        """
+        if self.kube is None:
+            return False
+
+        def read(state: State) -> tuple[list[Run], list[Run]]:
+            runs = list(state.runs.values())
+            active = [r for r in runs if r.status.active]
+            canceled = [
+                r
+                for r in runs
+                if r.status is RunStatus.CANCELED
+                and r.dispatch_term is not None
+                and r.kube_name not in self._deleted_jobs
+            ]
+            return active, canceled
+
+        active, canceled = self.raft.read(read)
+        self.metrics.active_runs.set(len(active))
+        for run in canceled:
+            try:
+                await self.kube.delete_job(run.kube_name)
+                self._deleted_jobs.add(run.kube_name)
+            except KubeError:
+                self.metrics.dispatch_errors.inc()
+        if not active:
+            return False
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        try:
+            jobs = {j["metadata"]["name"]: j for j in await self.kube.list_jobs(selector)}
+            pods = await self.kube.list_pods(selector)
+        except KubeError:
+            self.metrics.dispatch_errors.inc()
+            return True
+        pods_by_job: dict[str, list[dict[str, Any]]] = {}
+        for pod in pods:
+            owner = ((pod.get("metadata") or {}).get("labels") or {}).get("job-name")
+            if owner:
+                pods_by_job.setdefault(owner, []).append(pod)
+        now_ms = int(self.clock() * 1000)
+        for run in active:
+            job = jobs.get(run.kube_name)
+            if job is None:
+                if run.status is RunStatus.DISPATCHING and run.id not in self._inflight:
+                    self._inflight.add(run.id)
+                    try:
+                        await self._create(run)
+                    finally:
+                        self._inflight.discard(run.id)
+                elif run.status is not RunStatus.DISPATCHING:
+                    await self._propose(
+                        "run_status",
+                        run_id=run.id,
+                        status=RunStatus.FAILED.value,
+                        at=now_ms,
+                        reason="JobNotFound",
+                    )
+                continue
+            status, reason = run_status_from_job(job, pods_by_job.get(run.kube_name, []))
+            if status is not run.status:
+                await self._propose(
+                    "run_status", run_id=run.id, status=status.value, at=now_ms, reason=reason
+                )
+        return True

@@ -1,0 +1,53 @@
+"""Prometheus metrics of one node (prometheus-client), in a registry of the node's own.
+
+A registry per node, not the library's global one, so several nodes can live in one process
+(tests, benchmarks) without mixing their figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.ticks = Counter(
+            "slimsched_ticks",
+            "Cron ticks handled by this node as leader, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.lateness = Histogram(
+            "slimsched_fire_lateness_seconds",
+            "Time from a tick's scheduled time to its FireTick being committed",
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.dispatch_lateness = Histogram(
+            "slimsched_dispatch_lateness_seconds",
+            "Time from a cron tick's scheduled time to its Kubernetes Job being created",
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.dispatched = Counter("slimsched_jobs_dispatched", "Kubernetes Jobs created", registry=r)
+        self.dispatch_errors = Counter(
+            "slimsched_dispatch_errors", "Failed attempts to create or inspect Kubernetes Jobs", registry=r
+        )
+        self.queue_depth = Gauge("slimsched_queue_depth", "Runs waiting in the queue", registry=r)
+        self.active_runs = Gauge("slimsched_active_runs", "Runs dispatched and not finished", registry=r)
+        self.schedules = Gauge("slimsched_schedules", "Schedules in the replicated state", registry=r)
+        self.is_leader = Gauge("slimsched_raft_is_leader", "1 if this node is the Raft leader", registry=r)
+        self.term = Gauge("slimsched_raft_term", "Current Raft term", registry=r)
+        self.commit_index = Gauge("slimsched_raft_commit_index", "Raft commit index", registry=r)
+        self.applied_index = Gauge("slimsched_raft_applied_index", "Raft last applied index", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
