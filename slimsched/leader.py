@@ -124,6 +124,7 @@ class Leader:
     # -- role ----------------------------------------------------------------------------------
 
     def _set_role(self, is_leader: bool) -> None:
+        log.info("Raft role: %s", "leader" if is_leader else "not leader")
         if is_leader and self._task is None:
             self._leading = True
             self._rebuild = True
@@ -157,6 +158,7 @@ class Leader:
         try:
             await self._propose_until_committed("barrier")
             await self._sync_runs()
+            log.info("leader barrier committed and runs reconciled: firing and dispatching")
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._cron_loop(), name="leader-cron")
                 tg.create_task(self._dispatch_loop(), name="leader-dispatch")

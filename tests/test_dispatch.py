@@ -1,0 +1,215 @@
+"""Firing and dispatch on a real 3-node cluster with the Kubernetes API emulator, across failover."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from slimsched.emulator import EmulatorThread
+from slimsched.jobmanifest import kube_job_name
+from slimsched.localcluster import LocalCluster
+from tests.test_cluster import request, wait_until
+
+JOBS = orjson.dumps(
+    {
+        "Configurations": {
+            "fibonacci": {"Image": "demo/fib:1", "Visibility": "Public", "NumberParallelJob": 2},
+            "ticker": {"Image": "demo/tick:1", "Visibility": "Public", "NumberParallelJob": 100},
+            "needs-db": {"Image": "demo/db-client:1", "Visibility": "Public", "DependsOn": ["db"]},
+        }
+    }
+).decode()
+
+
+class KubeCluster:
+    def __init__(self, cluster: LocalCluster, emulator: EmulatorThread, url: str) -> None:
+        self.cluster = cluster
+        self.emulator = emulator
+        self.kube_url = url
+
+    def created_names(self) -> list[str]:
+        return [c.name for c in self.emulator.call(lambda e: e.creations()) if c.outcome == "created"]
+
+    def jobs(self) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(f"{self.kube_url}/apis/batch/v1/namespaces/default/jobs", timeout=5) as r:
+            items: list[dict[str, Any]] = orjson.loads(r.read())["items"]
+            return items
+
+    def node_url(self, i: int) -> str:
+        return self.cluster.nodes[i].url
+
+    def any_url(self) -> str:
+        for node in self.cluster.nodes:
+            if node.running:
+                return node.url
+        raise AssertionError("no node running")
+
+    def runs(self, job: str) -> list[dict[str, Any]]:
+        status, body = request(f"{self.any_url()}/job/{job}", timeout=3)
+        assert status == 200, body
+        return list(body)
+
+
+@pytest.fixture
+def kc(tmp_path: Path) -> Iterator[KubeCluster]:
+    emulator = EmulatorThread(pending_seconds=0.1, run_seconds=0.6)
+    with emulator as url:
+        cluster = LocalCluster.create(
+            3, str(tmp_path), jobs_configuration=JOBS, env={"SLIMSCHED_KUBE_URL": url}
+        )
+        cluster.start()
+        try:
+            cluster.wait_ready(timeout=30)
+            yield KubeCluster(cluster, emulator, url)
+        finally:
+            cluster.stop()
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
+
+
+def test_every_second_schedule_fires_once_per_tick_across_five_leader_kills(kc: KubeCluster) -> None:
+    status, body = request(f"{kc.node_url(0)}/job-schedules/ticker", "POST", {"Schedule": "* * * * * *"})
+    assert status == 201, body
+    sid = body["Id"]
+    start = time.time()
+    kills = 0
+    while kills < 5:
+        time.sleep(1.5)
+        leader = kc.cluster.wait_leader(timeout=20)
+        kc.cluster.kill(leader)
+        kills += 1
+        kc.cluster.start(leader)
+        kc.cluster.wait_ready(leader, timeout=20)
+    time.sleep(2.0)
+    status, ledger = request(f"{kc.any_url()}/job-schedules/ticker/{sid}/ticks")
+    assert status == 200
+    assert request(f"{kc.any_url()}/job-schedules/ticker/{sid}", "DELETE")[0] == 204
+    end = time.time()
+    # Let the last dispatches land (the schedule is gone, its queued runs remain and dispatch).
+    wait_until(
+        lambda: all(r["Status"] not in ("Queued", "Pending") for r in kc.runs("ticker")), 20, "runs dispatched"
+    )
+
+    runs = kc.runs("ticker")
+    fired_ticks = sorted(int(r["Id"].rsplit("-", 1)[1]) for r in runs)
+    assert len(fired_ticks) == len(set(fired_ticks)), "a tick produced two runs"
+    created = kc.created_names()
+    duplicates = [name for name, n in Counter(created).items() if n > 1]
+    assert duplicates == [], f"Job names created twice: {duplicates}"
+    expected_names = {kube_job_name("ticker", f"{sid}-{t}") for t in fired_ticks}
+    assert expected_names == set(created), "every fired tick has exactly one Job and no other Job exists"
+    assert fired_ticks[0] <= int(start) + 2
+    assert fired_ticks[-1] >= int(end) - 4
+    # Every second up to the ledger's last tick is in the ledger (read before the delete):
+    # fired with its run, or missed. Nothing is silently lost.
+    outcomes = {t["Tick"]: t["Outcome"] for t in ledger}
+    last = max(outcomes)
+    assert sorted(outcomes) == list(range(fired_ticks[0], last + 1)), outcomes
+    assert {t for t, o in outcomes.items() if o == "fired"} == {t for t in fired_ticks if t <= last}
+    assert set(outcomes.values()) <= {"fired", "missed"}
+
+
+def test_ticks_missed_while_the_cluster_was_down_are_in_the_ledger(kc: KubeCluster) -> None:
+    status, body = request(f"{kc.node_url(0)}/job-schedules/ticker", "POST", {"Schedule": "* * * * * *"})
+    assert status == 201, body
+    sid = body["Id"]
+    time.sleep(1.5)
+    for i in range(3):
+        kc.cluster.terminate(i)
+    down_from = time.time()
+    time.sleep(3.0)
+    kc.cluster.start()
+    kc.cluster.wait_ready(timeout=30)
+    time.sleep(1.5)
+    status, ticks = request(f"{kc.any_url()}/job-schedules/ticker/{sid}/ticks")
+    assert status == 200
+    outcomes = {t["Tick"]: t["Outcome"] for t in ticks}
+    first, last = min(outcomes), max(outcomes)
+    assert sorted(outcomes) == list(range(first, last + 1)), f"every tick is in the ledger: {outcomes}"
+    missed = sorted(t for t, o in outcomes.items() if o == "missed")
+    assert len(missed) >= 2, f"the outage is recorded as missed ticks: {outcomes}"
+    assert all(t >= int(down_from) - 1 for t in missed)
+    # The most recent tick of the outage (inside StartingDeadlineSeconds) fired once on restart.
+    fired = sorted(t for t, o in outcomes.items() if o == "fired")
+    assert any(t > missed[-1] for t in fired)
+    created = kc.created_names()
+    assert len(created) == len(set(created))
+    wait_until(
+        lambda: {kube_job_name("ticker", f"{sid}-{t}") for t in fired} <= set(kc.created_names()),
+        10,
+        "a Job for every fired tick",
+    )
+    assert not {kube_job_name("ticker", f"{sid}-{t}") for t in missed} & set(kc.created_names())
+
+
+def test_acknowledged_trigger_dispatched_once_when_leader_dies_right_after(kc: KubeCluster) -> None:
+    leader = kc.cluster.wait_leader()
+    status, body = request(f"{kc.node_url(leader)}/job/fibonacci", "POST", {"Args": ["7"]})
+    assert status == 202, body
+    kc.cluster.kill(leader)
+    run_id = body["Id"]
+    name = kube_job_name("fibonacci", run_id)
+    wait_until(
+        lambda: any(r["Id"] == run_id and r["Status"] == "Succeeded" for r in kc.runs("fibonacci")),
+        30,
+        "the run to succeed under the new leader",
+    )
+    assert kc.created_names().count(name) == 1
+
+
+def test_number_parallel_job_caps_active_jobs_and_positions_count_down(kc: KubeCluster) -> None:
+    ids = []
+    for i in range(5):
+        status, body = request(f"{kc.node_url(i % 3)}/job/fibonacci", "POST", {"Args": [str(i)]})
+        assert status == 202, body
+        ids.append(body["Id"])
+    max_active = 0
+    positions_seen: dict[str, list[int]] = {i: [] for i in ids}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        active = [j for j in kc.jobs() if not _finished(j)]
+        max_active = max(max_active, len(active))
+        runs = {r["Id"]: r for r in kc.runs("fibonacci")}
+        for i in ids:
+            positions_seen[i].append(runs[i]["PositionInQueue"])
+        if all(runs[i]["Status"] == "Succeeded" for i in ids):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the 5 runs did not all succeed in time")
+    assert max_active <= 2
+    assert max_active == 2, "the cap was reached (runs do overlap)"
+    for i, seen in positions_seen.items():
+        queued = [p for p in seen if p != -1]
+        assert queued == sorted(queued, reverse=True), f"positions of {i} went up: {seen}"
+        assert seen[-1] == -1
+    last = positions_seen[ids[-1]]
+    assert last[0] >= 1 and set(last) - {-1}, f"the last run was seen waiting in the queue: {last}"
+
+
+def test_blocked_dependency_does_not_block_other_jobs(kc: KubeCluster) -> None:
+    kc.emulator.call(lambda e: e.set_workload("deployment", "db", replicas=1, ready_replicas=0))
+    status, blocked = request(f"{kc.node_url(0)}/job/needs-db", "POST", {})
+    assert status == 202, blocked
+    status, free = request(f"{kc.node_url(1)}/job/fibonacci", "POST", {})
+    assert status == 202, free
+    wait_until(
+        lambda: any(r["Id"] == free["Id"] and r["Status"] == "Succeeded" for r in kc.runs("fibonacci")),
+        20,
+        "the independent job to run",
+    )
+    assert [r["Status"] for r in kc.runs("needs-db")] == ["Queued"]
+    kc.emulator.call(lambda e: e.set_workload("deployment", "db", replicas=1, ready_replicas=1))
+    wait_until(
+        lambda: [r["Status"] for r in kc.runs("needs-db")] == ["Succeeded"], 20, "the dependent job to run"
+    )
