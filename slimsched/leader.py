@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from slimsched import codec, cronplan, jobconfig
+from slimsched import catalog, codec, cronplan, jobconfig
 from slimsched.errors import ApiError, KubeError
 from slimsched.jobmanifest import (
     LABEL_MANAGED_BY,
@@ -96,6 +96,9 @@ class Leader:
         self._next: dict[str, int] = {}
         self._heap: list[tuple[int, str]] = []
         self._deleted_jobs: set[str] = set()
+        self._declared_wake = asyncio.Event()
+        self.discovered: frozenset[str] = frozenset()
+        self._discovery_seen = False
         self._inflight: set[str] = set()
 
     # -- hooks called in the Raft thread -------------------------------------------------------
@@ -134,6 +137,13 @@ class Leader:
             self._task.cancel()
             self._task = None
 
+    def jobs_changed(self, jobs: jobconfig.JobsConfiguration, discovered: frozenset[str]) -> None:
+        """New configuration (CronJob discovery): declared schedules are synced again."""
+        self.jobs = jobs
+        self.discovered = discovered
+        self._discovery_seen = True
+        self._declared_wake.set()
+
     def _runs_changed(self) -> None:
         self._dispatch_wake.set()
         self._status_wake.set()
@@ -163,6 +173,7 @@ class Leader:
                 tg.create_task(self._cron_loop(), name="leader-cron")
                 tg.create_task(self._dispatch_loop(), name="leader-dispatch")
                 tg.create_task(self._status_loop(), name="leader-status")
+                tg.create_task(self._declared_loop(), name="leader-declared-schedules")
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -184,6 +195,31 @@ class Leader:
         except ApiError as e:
             log.warning("proposal %s not committed: %s", kind, e.message)
             return None
+
+    # -- declared schedules (configuration, CronJobs) ------------------------------------------
+
+    async def _declared_loop(self) -> None:
+        while True:
+            self._declared_wake.clear()
+            await self._sync_declared()
+            await self._declared_wake.wait()
+
+    async def _sync_declared(self) -> None:
+        desired = {
+            s.id: s
+            for s in catalog.declared_schedules(
+                self.jobs, discovered=self.discovered, now_ms=int(self.clock() * 1000)
+            )
+        }
+        # Until CronJobs were listed once, what they declare is unknown: never delete those then.
+        sources = catalog.DECLARED_SOURCES if self._discovery_seen else frozenset({"config"})
+        present = self.raft.read(
+            lambda st: {i: s.job_name for i, s in st.schedules.items() if s.source in sources}
+        )
+        for sid in sorted(desired.keys() - present.keys()):
+            await self._propose("create_schedule", schedule=codec.schedule_to_dict(desired[sid]))
+        for sid in sorted(present.keys() - desired.keys()):
+            await self._propose("delete_schedule", job_name=present[sid], schedule_id=sid)
 
     # -- cron ----------------------------------------------------------------------------------
 

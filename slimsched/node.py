@@ -8,6 +8,7 @@ requests finish, the leader loops stop, then the Raft node leaves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from slimsched import jobconfig
+from slimsched import catalog, jobconfig
 from slimsched.access import AccessPolicy
 from slimsched.api import ApiContext, create_app
-from slimsched.errors import ConfigError
+from slimsched.errors import ConfigError, KubeError
 from slimsched.kube import KubeClient
 from slimsched.leader import Leader, LeaderTimings
 from slimsched.metrics import Metrics
@@ -70,6 +71,8 @@ class Node:
     kube: KubeClient | None = field(init=False)
     leader: Leader = field(init=False)
     _runner: web.AppRunner | None = field(default=None, init=False)
+    _ctx: ApiContext | None = field(default=None, init=False)
+    _discovery: asyncio.Task[None] | None = field(default=None, init=False)
     _accepting: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +112,9 @@ class Node:
             ready_gate=lambda: self._accepting,
             metrics=self.metrics,
         )
+        self._ctx = ctx
+        if self.kube is not None:
+            self._discovery = loop.create_task(self._discover_cronjobs(), name="cronjob-discovery")
         self._runner = web.AppRunner(
             create_app(ctx), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, handle_signals=False
         )
@@ -116,11 +122,35 @@ class Node:
         await web.TCPSite(self._runner, s.http_host, s.http_port, reuse_address=True).start()
         log.info("node %s serving HTTP on %s:%s", s.node_id, s.http_host, s.http_port)
 
+    async def _discover_cronjobs(self) -> None:
+        """Every node maps annotated CronJobs to jobs, so any node validates requests for them."""
+        assert self.kube is not None
+        current: jobconfig.JobsConfiguration | None = None
+        while True:
+            try:
+                combined = catalog.combine(self.jobs, await self.kube.list_cronjobs())
+            except KubeError as e:
+                log.warning("listing CronJobs failed: %s", e)
+            else:
+                if combined != current:
+                    current = combined
+                    discovered = frozenset(combined.configurations.keys() - self.jobs.configurations.keys())
+                    if self._ctx is not None:
+                        self._ctx.jobs = combined
+                    self.leader.jobs_changed(combined, discovered)
+                    log.info("job catalog updated: %d jobs from CronJobs", len(discovered))
+            await asyncio.sleep(self.settings.cronjob_refresh_seconds)
+
     async def stop(self) -> None:
         self._accepting = False
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._discovery is not None:
+            self._discovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._discovery, SHUTDOWN_GRACE_SECONDS)
+            self._discovery = None
         await self.leader.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.raft.stop)
         if self.kube is not None:

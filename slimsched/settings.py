@@ -41,6 +41,7 @@ ENV_VARS: frozenset[str] = frozenset(
         "SLIMSCHED_COMMIT_TIMEOUT_SECONDS",
         "SLIMSCHED_KUBE_MODE",
         "SLIMSCHED_KUBE_URL",
+        "SLIMSCHED_CRONJOB_REFRESH_SECONDS",
         "KUBECONFIG",
         "SLIMSCHED_LOG_LEVEL",
     }
@@ -78,6 +79,7 @@ class Settings:
     commit_timeout_seconds: float = 5.0
     kube_mode: str = "auto"
     kube_url: str | None = None
+    cronjob_refresh_seconds: float = 30.0
     kubeconfig: str | None = None
     log_level: str = "INFO"
     timings: RaftTimings = field(default_factory=RaftTimings)
@@ -131,6 +133,7 @@ class Settings:
             commit_timeout_seconds=_float(e, "SLIMSCHED_COMMIT_TIMEOUT_SECONDS", 5.0),
             kube_mode=e.get("SLIMSCHED_KUBE_MODE", "auto"),
             kube_url=e.get("SLIMSCHED_KUBE_URL") or None,
+            cronjob_refresh_seconds=_float(e, "SLIMSCHED_CRONJOB_REFRESH_SECONDS", 30.0),
             kubeconfig=e.get("KUBECONFIG") or None,
             log_level=e.get("SLIMSCHED_LOG_LEVEL", "INFO"),
         )

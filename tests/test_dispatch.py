@@ -97,7 +97,9 @@ def test_every_second_schedule_fires_once_per_tick_across_five_leader_kills(kc: 
     end = time.time()
     # Let the last dispatches land (the schedule is gone, its queued runs remain and dispatch).
     wait_until(
-        lambda: all(r["Status"] not in ("Queued", "Pending") for r in kc.runs("ticker")), 20, "runs dispatched"
+        lambda: all(r["Status"] not in ("Queued", "Pending") for r in kc.runs("ticker")),
+        20,
+        "runs dispatched",
     )
 
     runs = kc.runs("ticker")
@@ -189,9 +191,9 @@ def test_number_parallel_job_caps_active_jobs_and_positions_count_down(kc: KubeC
         raise AssertionError("the 5 runs did not all succeed in time")
     assert max_active <= 2
     assert max_active == 2, "the cap was reached (runs do overlap)"
-    for i, seen in positions_seen.items():
+    for run_id, seen in positions_seen.items():
         queued = [p for p in seen if p != -1]
-        assert queued == sorted(queued, reverse=True), f"positions of {i} went up: {seen}"
+        assert queued == sorted(queued, reverse=True), f"positions of {run_id} went up: {seen}"
         assert seen[-1] == -1
     last = positions_seen[ids[-1]]
     assert last[0] >= 1 and set(last) - {-1}, f"the last run was seen waiting in the queue: {last}"
