@@ -75,6 +75,28 @@ def statefulset_peers(
     return addresses[ordinal], addresses
 
 
+def address_template(
+    template: str, *, pod_name: str, service: str, namespace: str, port: int
+) -> Callable[[int], str]:
+    """``address_for`` from ``SLIMSCHED_PEER_ADDRESS_TEMPLATE``.
+
+    The template may use ``{set}``, ``{ordinal}``, ``{service}``, ``{namespace}`` and ``{port}``,
+    e.g. ``{set}-{ordinal}.{service}.{namespace}.svc.example.org:{port}`` for a cluster whose DNS
+    domain is not ``cluster.local``, or ``127.0.0.1:{port}{ordinal}`` for a cluster on one host.
+    """
+    set_name = pod_name.rsplit("-", 1)[0]
+    fields = {"set": set_name, "service": service, "namespace": namespace, "port": port}
+    try:
+        template.format(ordinal=0, **fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"SLIMSCHED_PEER_ADDRESS_TEMPLATE {template!r} is not usable: {e}") from e
+
+    def address_for(i: int) -> str:
+        return template.format(ordinal=i, **fields)
+
+    return address_for
+
+
 def local_peers(*, nodes: int, host: str = "127.0.0.1", base_port: int = 3262) -> tuple[str, ...]:
     """Return the Raft addresses of a ``nodes``-node cluster on one host: ports base_port, +1, ..."""
     if nodes < 1:

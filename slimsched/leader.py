@@ -97,6 +97,8 @@ class Leader:
         self._heap: list[tuple[int, str]] = []
         self._deleted_jobs: set[str] = set()
         self._declared_wake = asyncio.Event()
+        self.not_leading = asyncio.Event()
+        self.not_leading.set()
         self.discovered: frozenset[str] = frozenset()
         self._discovery_seen = False
         self._inflight: set[str] = set()
@@ -128,6 +130,10 @@ class Leader:
 
     def _set_role(self, is_leader: bool) -> None:
         log.info("Raft role: %s", "leader" if is_leader else "not leader")
+        if is_leader:
+            self.not_leading.clear()
+        else:
+            self.not_leading.set()
         if is_leader and self._task is None:
             self._leading = True
             self._rebuild = True

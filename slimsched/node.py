@@ -141,17 +141,26 @@ class Node:
                     log.info("job catalog updated: %d jobs from CronJobs", len(discovered))
             await asyncio.sleep(self.settings.cronjob_refresh_seconds)
 
+    async def _hand_over_leadership(self, within: float = 1.5) -> None:
+        """A leader that leaves asks a follower to take over at once (bounded wait)."""
+        if not self.raft.status().is_leader:
+            return
+        self.raft.step_down()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.leader.not_leading.wait(), within)
+
     async def stop(self) -> None:
         self._accepting = False
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # in-flight requests finish; their commits complete
             self._runner = None
+        await self.leader.stop()
+        await self._hand_over_leadership()
         if self._discovery is not None:
             self._discovery.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._discovery, SHUTDOWN_GRACE_SECONDS)
             self._discovery = None
-        await self.leader.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.raft.stop)
         if self.kube is not None:
             await self.kube.close()

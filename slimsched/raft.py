@@ -247,6 +247,12 @@ class RaftNode:
             connected_peers=tuple(n.address for n in r.otherNodes if r.isNodeConnected(n)),
         )
 
+    def step_down(self) -> None:
+        """If leading, hand leadership to another node now rather than let it time out."""
+        replica = self._replica
+        if replica is not None and replica._isLeader() and self.settings.peers:
+            replica.transferLeadership()
+
     def force_snapshot(self) -> None:
         self._require().forceLogCompaction()
 

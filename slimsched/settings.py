@@ -25,6 +25,7 @@ ENV_VARS: frozenset[str] = frozenset(
         "SLIMSCHED_POD_IP",
         "SLIMSCHED_REPLICAS",
         "SLIMSCHED_RAFT_SERVICE",
+        "SLIMSCHED_PEER_ADDRESS_TEMPLATE",
         "SLIMSCHED_NAMESPACE",
         "SLIMSCHED_DATA_DIR",
         "SLIMSCHED_RAFT_PASSWORD",
@@ -97,14 +98,21 @@ class Settings:
         peers = _list(e.get("SLIMSCHED_PEERS", ""))
         namespace = e.get("SLIMSCHED_NAMESPACE") or _pod_namespace() or "default"
         if raft_address is None and pod_name:
-            from slimsched.discovery import statefulset_peers
+            from slimsched.discovery import address_template, statefulset_peers
 
+            template = e.get("SLIMSCHED_PEER_ADDRESS_TEMPLATE")
+            service = e.get("SLIMSCHED_RAFT_SERVICE", "slimsched-raft")
             raft_address, derived = statefulset_peers(
                 pod_name=pod_name,
                 replicas=_int(e, "SLIMSCHED_REPLICAS", 3),
-                service=e.get("SLIMSCHED_RAFT_SERVICE", "slimsched-raft"),
+                service=service,
                 namespace=namespace,
                 port=port,
+                address_for=address_template(
+                    template, pod_name=pod_name, service=service, namespace=namespace, port=port
+                )
+                if template
+                else None,
             )
             peers = peers or derived
         raft_address = raft_address or f"127.0.0.1:{port}"
