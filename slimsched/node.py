@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -31,6 +31,7 @@ from slimsched.settings import Settings
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
+POD_IPS_TTL_SECONDS = 10.0
 _SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
@@ -73,6 +74,7 @@ class Node:
     _runner: web.AppRunner | None = field(default=None, init=False)
     _ctx: ApiContext | None = field(default=None, init=False)
     _discovery: asyncio.Task[None] | None = field(default=None, init=False)
+    _pod_ips_cache: tuple[float, frozenset[str]] = field(default=(-1e9, frozenset()), init=False)
     _accepting: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
@@ -111,6 +113,7 @@ class Node:
             max_body_bytes=s.max_body_bytes,
             ready_gate=lambda: self._accepting,
             metrics=self.metrics,
+            pod_ips=self._pod_ips,
         )
         self._ctx = ctx
         if self.kube is not None:
@@ -121,6 +124,23 @@ class Node:
         await self._runner.setup()
         await web.TCPSite(self._runner, s.http_host, s.http_port, reuse_address=True).start()
         log.info("node %s serving HTTP on %s:%s", s.node_id, s.http_host, s.http_port)
+
+    async def _pod_ips(self) -> Collection[str]:
+        """IPs of the namespace's pods (callers that count as in-cluster), cached for 10 s."""
+        if self.kube is None:
+            return ()
+        now = asyncio.get_running_loop().time()
+        fetched_at, ips = self._pod_ips_cache
+        if now - fetched_at < POD_IPS_TTL_SECONDS:
+            return ips
+        try:
+            pods = await self.kube.list_pods("")
+        except KubeError as e:
+            log.warning("listing pods for the Private check failed: %s", e)
+            return ips
+        ips = frozenset(ip for p in pods if (ip := (p.get("status") or {}).get("podIP")))
+        self._pod_ips_cache = (now, ips)
+        return ips
 
     async def _discover_cronjobs(self) -> None:
         """Every node maps annotated CronJobs to jobs, so any node validates requests for them."""

@@ -87,32 +87,44 @@ _ids = itertools.count()
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[ApiHarness]:
+async def raft(tmp_path: Path) -> AsyncIterator[RaftNode]:
+    """A real single-node Raft cluster on 127.0.0.1, leader and ready."""
     (raft_port,) = free_ports(1)
-    raft = RaftNode(
+    node = RaftNode(
         Settings(
             raft_address=f"127.0.0.1:{raft_port}",
             data_dir=str(tmp_path / "raft"),
             timings=RaftTimings(raft_min_timeout=0.31, raft_max_timeout=0.35),
         )
     )
-    raft.start()
+    node.start()
+    try:
+        await wait_for(lambda: node.status().ready, 10, "single-node leader")
+        yield node
+    finally:
+        node.stop()
+
+
+def api_context(raft: RaftNode, clock: ManualClock, **changes: Any) -> ApiContext:
+    fields: dict[str, Any] = {
+        "raft": raft,
+        "jobs": jobconfig.parse_jobs_configuration(JOBS),
+        "access": AccessPolicy.build(["10.0.0.0/8"], []),
+        "clock": clock,
+        "new_id": lambda: f"id{next(_ids)}",
+        "max_body_bytes": 64 * 1024,
+    }
+    fields.update(changes)
+    return ApiContext(**fields)
+
+
+@pytest.fixture
+async def api(raft: RaftNode) -> AsyncIterator[ApiHarness]:
     clock = ManualClock()
-    ctx = ApiContext(
-        raft=raft,
-        jobs=jobconfig.parse_jobs_configuration(JOBS),
-        access=AccessPolicy.build(["10.0.0.0/8"], []),
-        clock=clock,
-        new_id=lambda: f"id{next(_ids)}",
-        max_body_bytes=64 * 1024,
-    )
-    server = TestServer(create_app(ctx), host="127.0.0.1")
+    server = TestServer(create_app(api_context(raft, clock)), host="127.0.0.1")
     await server.start_server()
     try:
         async with ClientSession() as session:
-            harness = ApiHarness(str(server.make_url("")).rstrip("/"), session, raft, clock)
-            await wait_for(lambda: raft.status().ready, 10, "single-node leader")
-            yield harness
+            yield ApiHarness(str(server.make_url("")).rstrip("/"), session, raft, clock)
     finally:
         await server.close()
-        raft.stop()
