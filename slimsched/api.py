@@ -23,8 +23,9 @@ from aiohttp import web
 
 from slimsched import codec, cronplan, jobconfig
 from slimsched.access import AccessPolicy
-from slimsched.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, Unavailable
-from slimsched.jobmanifest import kube_job_name
+from slimsched.errors import ApiError, BadRequest, Conflict, Forbidden, KubeError, NotFound, Unavailable
+from slimsched.jobmanifest import kube_job_name, run_selector
+from slimsched.kube import KubeClient
 from slimsched.metrics import Metrics
 from slimsched.model import Run, RunStatus, Schedule, Visibility
 from slimsched.raft import RaftNode
@@ -57,6 +58,7 @@ class ApiContext:
     max_body_bytes: int = 1024 * 1024
     ready_gate: Callable[[], bool] = field(default=lambda: True)
     metrics: Metrics = field(default_factory=Metrics)
+    kube: KubeClient | None = None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -346,6 +348,63 @@ async def delete_job(request: web.Request) -> web.Response:
     return _json({"Id": value.get("Id"), "Status": RunStatus.CANCELED.value, "Name": value.get("KubeName")})
 
 
+def _query_bool(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise BadRequest("invalid_query", f"?{name} must be true or false, not {raw!r}")
+    return raw in ("true", "1")
+
+
+def _query_tail(request: web.Request) -> int | None:
+    raw = request.query.get("tail")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 9:
+        raise BadRequest("invalid_query", f"?tail must be a whole number of lines, not {raw!r}")
+    return int(raw)
+
+
+async def job_logs(request: web.Request) -> web.StreamResponse:
+    """The run's pod log: text, ``?tail=N`` last lines, ``?follow=true`` streams until the pod ends."""
+    ctx = request.app[CTX]
+    name = _job_name(request)
+    await _check_visibility(request, name)
+    run_id = _id(request)
+    tail = _query_tail(request)
+    follow = _query_bool(request, "follow")
+    run = ctx.raft.read(lambda s: s.runs.get(run_id))
+    if run is None or run.job_name != name:
+        raise NotFound("not_found", f"no run {run_id} for job {name}")
+    if run.status in (RunStatus.QUEUED, RunStatus.DISPATCHING) or run.dispatch_term is None:
+        raise Conflict("not_started", f"run {run_id} is {run.status.value}: it has no pod (and no log) yet")
+    if ctx.kube is None:
+        raise Unavailable("no_kubernetes", "this node has no Kubernetes API configured")
+    try:
+        pods = await ctx.kube.list_pods(run_selector(run.id))
+    except KubeError as e:
+        raise ApiError(502, "kubernetes_error", f"listing the run's pods failed: {e}") from e
+    if not pods:
+        raise NotFound("no_pod", f"run {run_id} has no pod any more (its Job may have been cleaned up)")
+    pod = max(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp", "")))
+    pod_name = str(pod["metadata"]["name"])
+    if not follow:
+        try:
+            text = await ctx.kube.read_pod_log(pod_name, tail)
+        except KubeError as e:
+            raise ApiError(502, "kubernetes_error", f"reading the log of pod {pod_name} failed: {e}") from e
+        return web.Response(text=text, content_type="text/plain")
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await response.prepare(request)
+    try:
+        async for line in ctx.kube.stream_pod_log(pod_name):
+            await response.write(line.encode() + b"\n")
+    except KubeError as e:
+        # The status line is sent already: ending the stream early is all that is left to do.
+        log.warning("following the log of pod %s stopped: %s", pod_name, e)
+    await response.write_eof()
+    return response
+
+
 # -- operations ----------------------------------------------------------------------------------
 
 
@@ -407,6 +466,7 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
     ("POST", "/job/{name}", post_job),
     ("GET", "/job/{name}", list_jobs),
     ("DELETE", "/job/{name}/{id}", delete_job),
+    ("GET", "/job/{name}/{id}/logs", job_logs),
     ("GET", "/health", health),
     ("GET", "/ready", ready),
     ("GET", "/status", cluster_status),

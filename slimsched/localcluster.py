@@ -45,6 +45,9 @@ class LocalNode:
     data_dir: str
     backup_dir: str | None = None
     proc: subprocess.Popen[bytes] | None = None
+    # Where the node really binds its Raft port (SLIMSCHED_RAFT_BIND) when peers reach it through
+    # a proxy at ``raft_address`` (the chaos harness's partition proxy); None: bind raft_address.
+    raft_bind: str | None = None
 
     @property
     def url(self) -> str:
@@ -73,6 +76,7 @@ class LocalCluster:
         jobs_configuration: str | None = None,
         env: Mapping[str, str] | None = None,
         backups: bool = False,
+        raft_bind_ports: list[int] | None = None,
     ) -> LocalCluster:
         ports = free_ports(2 * n) if http_ports is None or raft_ports is None else []
         http = http_ports or ports[:n]
@@ -84,6 +88,7 @@ class LocalCluster:
                 http_port=http[i],
                 data_dir=os.path.join(base_dir, f"node-{i}", "raft"),
                 backup_dir=os.path.join(base_dir, f"node-{i}", "backup") if backups else None,
+                raft_bind=f"127.0.0.1:{raft_bind_ports[i]}" if raft_bind_ports else None,
             )
             for i in range(n)
         ]
@@ -118,6 +123,8 @@ class LocalCluster:
                 env["SLIMSCHED_JOBS_CONFIGURATION"] = self.jobs_configuration
             if node.backup_dir is not None:
                 env["SLIMSCHED_BACKUP_DIR"] = node.backup_dir
+            if node.raft_bind is not None:
+                env["SLIMSCHED_RAFT_BIND"] = node.raft_bind
             os.makedirs(node.data_dir, exist_ok=True)
             out: Any = subprocess.DEVNULL
             if self.log_dir is not None:
@@ -164,10 +171,16 @@ class LocalCluster:
         assert not node.running, "stop a node before wiping its data"
         shutil.rmtree(node.data_dir, ignore_errors=True)
 
-    def stop(self) -> None:
-        for node in self.nodes:
-            if node.running:
-                self.terminate(node.index, timeout=10)
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every running node at once, then wait for each (SIGKILL past ``timeout``)."""
+        running = [n for n in self.nodes if n.running and n.proc is not None]
+        for node in running:
+            assert node.proc is not None
+            os.kill(node.proc.pid, signal.SIGCONT)
+            os.kill(node.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for node in running:
+            self.terminate(node.index, timeout=max(0.1, deadline - time.monotonic()))
 
     # -- observation (blocking HTTP with short timeouts) -----------------------------------------
 

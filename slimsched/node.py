@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from slimsched import catalog, jobconfig
+from slimsched import catalog, jobconfig, statemachine
 from slimsched.access import AccessPolicy
 from slimsched.api import ApiContext, create_app
 from slimsched.errors import ConfigError, KubeError
@@ -102,6 +102,7 @@ class Node:
 
     async def start(self) -> None:
         s = self.settings
+        statemachine.BREAK_FIRE_DEDUP = s.test_break_fire_dedup  # test only; see settings
         loop = asyncio.get_running_loop()
         self.leader.attach(loop)
         await loop.run_in_executor(None, self.raft.start)
@@ -114,6 +115,7 @@ class Node:
             ready_gate=lambda: self._accepting,
             metrics=self.metrics,
             pod_ips=self._pod_ips,
+            kube=self.kube,
         )
         self._ctx = ctx
         if self.kube is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,11 @@ from aiohttp.test_utils import TestServer
 from slimsched import jobconfig
 from slimsched.access import AccessPolicy
 from slimsched.api import ApiContext, create_app
-from slimsched.localcluster import free_ports
+from slimsched.emulator import EmulatorThread
+from slimsched.localcluster import LocalCluster, free_ports
 from slimsched.raft import RaftNode
 from slimsched.settings import RaftTimings, Settings
+from tests.helpers import KUBE_JOBS, KubeCluster
 
 JOBS = """{
   "Configurations": {
@@ -128,3 +130,19 @@ async def api(raft: RaftNode) -> AsyncIterator[ApiHarness]:
             yield ApiHarness(str(server.make_url("")).rstrip("/"), session, raft, clock)
     finally:
         await server.close()
+
+
+@pytest.fixture
+def kc(tmp_path: Path) -> Iterator[KubeCluster]:
+    """A 3-node cluster of processes dispatching to the Kubernetes API emulator."""
+    emulator = EmulatorThread(pending_seconds=0.1, run_seconds=0.6)
+    with emulator as url:
+        cluster = LocalCluster.create(
+            3, str(tmp_path), jobs_configuration=KUBE_JOBS, env={"SLIMSCHED_KUBE_URL": url}
+        )
+        cluster.start()
+        try:
+            cluster.wait_ready(timeout=30)
+            yield KubeCluster(cluster, emulator, url)
+        finally:
+            cluster.stop()

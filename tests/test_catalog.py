@@ -15,7 +15,7 @@ from slimsched import catalog, jobconfig
 from slimsched.emulator import EmulatorThread
 from slimsched.localcluster import LocalCluster
 from slimsched.model import RestartPolicy, Visibility
-from tests.test_cluster import request, wait_until
+from tests.helpers import request, wait_until
 
 # The CronJob of SlimFaas's documentation (demo/deployment-cron.yaml), as JSON.
 CRONJOB: dict[str, Any] = {

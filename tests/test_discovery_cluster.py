@@ -12,7 +12,7 @@ from pathlib import Path
 
 from slimsched.democonfig import DEMO_JOBS_CONFIGURATION
 from slimsched.localcluster import free_ports
-from tests.test_cluster import request, wait_until
+from tests.helpers import request, wait_until
 
 
 def _free_prefix() -> int:

@@ -3,73 +3,11 @@
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import orjson
-import pytest
-
-from slimsched.emulator import EmulatorThread
 from slimsched.jobmanifest import kube_job_name
-from slimsched.localcluster import LocalCluster
-from tests.test_cluster import request, wait_until
-
-JOBS = orjson.dumps(
-    {
-        "Configurations": {
-            "fibonacci": {"Image": "demo/fib:1", "Visibility": "Public", "NumberParallelJob": 2},
-            "ticker": {"Image": "demo/tick:1", "Visibility": "Public", "NumberParallelJob": 100},
-            "needs-db": {"Image": "demo/db-client:1", "Visibility": "Public", "DependsOn": ["db"]},
-        }
-    }
-).decode()
-
-
-class KubeCluster:
-    def __init__(self, cluster: LocalCluster, emulator: EmulatorThread, url: str) -> None:
-        self.cluster = cluster
-        self.emulator = emulator
-        self.kube_url = url
-
-    def created_names(self) -> list[str]:
-        return [c.name for c in self.emulator.call(lambda e: e.creations()) if c.outcome == "created"]
-
-    def jobs(self) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(f"{self.kube_url}/apis/batch/v1/namespaces/default/jobs", timeout=5) as r:
-            items: list[dict[str, Any]] = orjson.loads(r.read())["items"]
-            return items
-
-    def node_url(self, i: int) -> str:
-        return self.cluster.nodes[i].url
-
-    def any_url(self) -> str:
-        for node in self.cluster.nodes:
-            if node.running:
-                return node.url
-        raise AssertionError("no node running")
-
-    def runs(self, job: str) -> list[dict[str, Any]]:
-        status, body = request(f"{self.any_url()}/job/{job}", timeout=3)
-        assert status == 200, body
-        return list(body)
-
-
-@pytest.fixture
-def kc(tmp_path: Path) -> Iterator[KubeCluster]:
-    emulator = EmulatorThread(pending_seconds=0.1, run_seconds=0.6)
-    with emulator as url:
-        cluster = LocalCluster.create(
-            3, str(tmp_path), jobs_configuration=JOBS, env={"SLIMSCHED_KUBE_URL": url}
-        )
-        cluster.start()
-        try:
-            cluster.wait_ready(timeout=30)
-            yield KubeCluster(cluster, emulator, url)
-        finally:
-            cluster.stop()
+from tests.helpers import KubeCluster, request, wait_until
 
 
 def _finished(job: dict[str, Any]) -> bool:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from slimsched.democonfig import DEMO_JOBS_CONFIGURATION
 from slimsched.localcluster import LocalCluster
-from tests.test_cluster import request, schedule_ids, wait_until
+from tests.helpers import request, wait_until
+from tests.test_cluster import schedule_ids
 
 GRACE_SECONDS = 30.0
 
