@@ -24,6 +24,9 @@ from slimsched.model import (
     Schedule,
     TickOutcome,
     TickRecord,
+    Volume,
+    VolumeKind,
+    VolumeMount,
 )
 
 Json = dict[str, Any]
@@ -86,6 +89,63 @@ def resources_from_dict(d: Json) -> Resources:
     return Resources(requests=_str_map(d.get("Requests") or {}), limits=_str_map(d.get("Limits") or {}))
 
 
+_SOURCE_KEY = {
+    VolumeKind.PERSISTENT_VOLUME_CLAIM: "ClaimName",
+    VolumeKind.CONFIG_MAP: "Name",
+    VolumeKind.SECRET: "SecretName",
+}
+
+
+def volume_to_dict(v: Volume) -> Json:
+    """``{"Name": ..., kind: {...}}``, the kind's key holding only its own fields."""
+    if v.kind is VolumeKind.EMPTY_DIR:
+        source: Json = _drop_none({"Medium": v.medium, "SizeLimit": v.size_limit})
+    else:
+        source = {_SOURCE_KEY[v.kind]: v.source}
+        if v.kind is VolumeKind.PERSISTENT_VOLUME_CLAIM:
+            source["ReadOnly"] = v.read_only
+    return {"Name": v.name, v.kind.value: source}
+
+
+def volume_from_dict(d: Json) -> Volume:
+    kinds = [kind for kind in VolumeKind if kind.value in d]
+    if len(kinds) != 1 or len(d) != 2:
+        raise ValueError(f"a volume needs Name and exactly one of {', '.join(VolumeKind)}")
+    [kind] = kinds
+    source = d[kind.value]
+    if not isinstance(source, dict):
+        raise ValueError(f"expected an object for {kind.value}, got {type(source).__name__}")
+    if kind is VolumeKind.EMPTY_DIR:
+        return Volume(
+            name=_str(d["Name"]),
+            kind=kind,
+            medium=_opt_str(source.get("Medium")),
+            size_limit=_opt_str(source.get("SizeLimit")),
+        )
+    claim = kind is VolumeKind.PERSISTENT_VOLUME_CLAIM
+    return Volume(
+        name=_str(d["Name"]),
+        kind=kind,
+        source=_str(source[_SOURCE_KEY[kind]]),
+        read_only=_bool(source.get("ReadOnly", False)) if claim else False,
+    )
+
+
+def volume_mount_to_dict(m: VolumeMount) -> Json:
+    return _drop_none(
+        {"Name": m.name, "MountPath": m.mount_path, "ReadOnly": m.read_only, "SubPath": m.sub_path}
+    )
+
+
+def volume_mount_from_dict(d: Json) -> VolumeMount:
+    return VolumeMount(
+        name=_str(d["Name"]),
+        mount_path=_str(d["MountPath"]),
+        read_only=_bool(d.get("ReadOnly", False)),
+        sub_path=_opt_str(d.get("SubPath")),
+    )
+
+
 def overrides_to_dict(o: JobOverrides) -> Json:
     return _drop_none(
         {
@@ -101,6 +161,9 @@ def overrides_to_dict(o: JobOverrides) -> Json:
             "ActiveDeadlineSeconds": o.active_deadline_seconds,
             "Parallelism": o.parallelism,
             "Completions": o.completions,
+            "VolumeMounts": [volume_mount_to_dict(m) for m in o.volume_mounts]
+            if o.volume_mounts is not None
+            else None,
         }
     )
 
@@ -121,10 +184,15 @@ def overrides_from_dict(d: Json) -> JobOverrides:
         active_deadline_seconds=_opt_int(d.get("ActiveDeadlineSeconds")),
         parallelism=_opt_int(d.get("Parallelism")),
         completions=_opt_int(d.get("Completions")),
+        volume_mounts=tuple(volume_mount_from_dict(m) for m in _list(d["VolumeMounts"]))
+        if d.get("VolumeMounts") is not None
+        else None,
     )
 
 
 def spec_to_dict(s: JobSpec) -> Json:
+    # Volumes and VolumeMounts are left out when empty, so that a spec without them encodes
+    # exactly as before they existed (and the state fingerprint of older runs does not move).
     return _drop_none(
         {
             "Image": s.image,
@@ -139,6 +207,8 @@ def spec_to_dict(s: JobSpec) -> Json:
             "ActiveDeadlineSeconds": s.active_deadline_seconds,
             "Parallelism": s.parallelism,
             "Completions": s.completions,
+            "Volumes": [volume_to_dict(v) for v in s.volumes] if s.volumes else None,
+            "VolumeMounts": [volume_mount_to_dict(m) for m in s.volume_mounts] if s.volume_mounts else None,
         }
     )
 
@@ -157,6 +227,8 @@ def spec_from_dict(d: Json) -> JobSpec:
         active_deadline_seconds=_opt_int(d.get("ActiveDeadlineSeconds")),
         parallelism=_int(d.get("Parallelism", 1)),
         completions=_int(d.get("Completions", 1)),
+        volumes=tuple(volume_from_dict(v) for v in _list(d.get("Volumes", []))),
+        volume_mounts=tuple(volume_mount_from_dict(m) for m in _list(d.get("VolumeMounts", []))),
     )
 
 
@@ -279,6 +351,12 @@ def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError(f"expected a boolean, got {type(v).__name__}")
     return v
+
+
+def _list(v: Any) -> list[Any]:
+    if not isinstance(v, list | tuple):
+        raise ValueError(f"expected a list, got {type(v).__name__}")
+    return list(v)
 
 
 def _strs(v: Any) -> tuple[str, ...]:

@@ -37,6 +37,9 @@ from slimsched.model import (
     Resources,
     RestartPolicy,
     Visibility,
+    Volume,
+    VolumeKind,
+    VolumeMount,
 )
 from slimsched.quantities import parse_quantity
 
@@ -58,7 +61,8 @@ class JobConfig:
     ``images_whitelist`` holds shell-style wildcard patterns (``*``, ``?``, ``[abc]``, matched
     case-sensitively against the whole image reference; ``*`` also matches ``/`` and ``:``).
     ``None`` for ``ttl_seconds_after_finished`` / ``active_deadline_seconds`` means "no limit",
-    so a request may then set any value.
+    so a request may then set any value. ``volume_mounts`` are both the mounts a run gets by
+    default and the only ones a request may ask for; each names one of ``volumes``.
     """
 
     image: str = ""
@@ -75,6 +79,8 @@ class JobConfig:
     command: tuple[str, ...] = ()
     parallelism: int = 1
     completions: int = 1
+    volumes: tuple[Volume, ...] = ()
+    volume_mounts: tuple[VolumeMount, ...] = ()
 
 
 _DEFAULT_RESOURCES = {"cpu": "100m", "memory": "100Mi"}
@@ -426,6 +432,156 @@ def _environments(value: object, path: str) -> tuple[EnvVar, ...]:
     return envs
 
 
+def _quantity_text(value: object, path: str) -> str:
+    _quantity(value, path)
+    return _str(value, path)
+
+
+def _object_name(value: object, path: str) -> str:
+    name = _str(value, path)
+    _check_object_name(name, path)
+    return name
+
+
+def _volume_name(value: object, path: str) -> str:
+    name = _str(value, path)
+    _check_volume_name(name, path)
+    return name
+
+
+def _check_volume_name(name: str, path: str) -> None:
+    if len(name) > 63 or _DNS_LABEL.fullmatch(name) is None:
+        _fail(
+            "invalid_field",
+            path,
+            f"{_describe(name)} is not a volume name: use a DNS-1123 label (lowercase letters, digits "
+            "and '-', starting and ending with a letter or digit) of at most 63 characters",
+        )
+
+
+def _medium(value: object, path: str) -> str | None:
+    text = _str(value, path)
+    if text == "":
+        return None
+    if text.lower() != "memory":
+        _fail("invalid_field", path, f'expected "Memory" or "", got {_describe(value)}')
+    return "Memory"
+
+
+_VOLUME_SOURCE_FIELDS: Mapping[VolumeKind, tuple[str, ...]] = {
+    VolumeKind.PERSISTENT_VOLUME_CLAIM: ("ClaimName", "ReadOnly"),
+    VolumeKind.CONFIG_MAP: ("Name",),
+    VolumeKind.SECRET: ("SecretName",),
+    VolumeKind.EMPTY_DIR: ("Medium", "SizeLimit"),
+}
+_VOLUME_KINDS = "PersistentVolumeClaim, ConfigMap, Secret or EmptyDir"
+
+
+def _volume(value: object, path: str) -> Volume:
+    fields = _fields(_object(value, path), ("Name", *(kind.value for kind in VolumeKind)), path)
+    r = _Reader(fields, path)
+    name = _required(r, "Name", _volume_name)
+    kinds = [kind for kind in VolumeKind if kind.value in fields]
+    if len(kinds) != 1:
+        _fail(
+            "invalid_field", path, f"volume {name!r} needs exactly one of {_VOLUME_KINDS}, got {len(kinds)}"
+        )
+    [kind] = kinds
+    where = r.at(kind.value)
+    source = _Reader(_fields(_object(fields[kind.value], where), _VOLUME_SOURCE_FIELDS[kind], where), where)
+    if kind is VolumeKind.EMPTY_DIR:
+        return Volume(
+            name=name,
+            kind=kind,
+            medium=source.get("Medium", _medium),
+            size_limit=source.get("SizeLimit", _quantity_text),
+        )
+    return Volume(
+        name=name,
+        kind=kind,
+        source=_required(source, _VOLUME_SOURCE_FIELDS[kind][0], _object_name),
+        read_only=_or(source.get("ReadOnly", _bool), False),
+    )
+
+
+def _volumes(value: object, path: str) -> tuple[Volume, ...]:
+    if not isinstance(value, list):
+        _fail("invalid_field", path, f"expected a list of volumes, got {_describe(value)}")
+    volumes = tuple(_volume(item, f"{path}[{i}]") for i, item in enumerate(value))
+    seen: set[str] = set()
+    for i, volume in enumerate(volumes):
+        if volume.name in seen:
+            _fail(
+                "invalid_field",
+                f"{path}[{i}].Name",
+                f"{volume.name!r} is already declared earlier in this list",
+            )
+        seen.add(volume.name)
+    return volumes
+
+
+def _volume_mount(value: object, path: str) -> VolumeMount:
+    r = _Reader(_fields(_object(value, path), ("Name", "MountPath", "ReadOnly", "SubPath"), path), path)
+    return VolumeMount(
+        name=_required(r, "Name", _str),
+        mount_path=_required(r, "MountPath", _str),
+        read_only=_or(r.get("ReadOnly", _bool), False),
+        # An empty SubPath means the whole volume, as in Kubernetes.
+        sub_path=r.get("SubPath", _str) or None,
+    )
+
+
+def _volume_mounts(value: object, path: str) -> tuple[VolumeMount, ...]:
+    if not isinstance(value, list):
+        _fail("invalid_field", path, f"expected a list of volume mounts, got {_describe(value)}")
+    mounts = tuple(_volume_mount(item, f"{path}[{i}]") for i, item in enumerate(value))
+    _check_volume_mounts(mounts, path)
+    return mounts
+
+
+def _check_volume_mounts(mounts: Sequence[VolumeMount], path: str) -> None:
+    """Names are volume names, paths absolute and distinct, SubPaths relative; no '..' anywhere."""
+    seen: set[str] = set()
+    for i, mount in enumerate(mounts):
+        where = f"{path}[{i}]"
+        _check_volume_name(mount.name, _join(where, "Name"))
+        if not mount.mount_path.startswith("/") or ".." in mount.mount_path.split("/"):
+            _fail(
+                "invalid_field",
+                _join(where, "MountPath"),
+                f"expected an absolute path without '..', got {_describe(mount.mount_path)}",
+            )
+        if mount.mount_path in seen:
+            _fail(
+                "invalid_field",
+                _join(where, "MountPath"),
+                f"{mount.mount_path!r} is already mounted earlier in this list",
+            )
+        seen.add(mount.mount_path)
+        if mount.sub_path is not None and (
+            mount.sub_path.startswith("/") or ".." in mount.sub_path.split("/")
+        ):
+            _fail(
+                "invalid_field",
+                _join(where, "SubPath"),
+                f"expected a relative path without '..', got {_describe(mount.sub_path)}",
+            )
+
+
+def _check_mounts_declared(mounts: Sequence[VolumeMount], volumes: Sequence[Volume], path: str) -> None:
+    declared = {volume.name for volume in volumes}
+    for i, mount in enumerate(mounts):
+        if mount.name not in declared:
+            _fail("volume_not_allowed", f"{path}[{i}].Name", _undeclared_volume(mount.name, volumes))
+
+
+def _undeclared_volume(name: str, volumes: Sequence[Volume]) -> str:
+    if not volumes:
+        return f"{name!r} is not a volume of this job, whose configuration declares no Volumes"
+    declared = ", ".join(repr(volume.name) for volume in volumes)
+    return f"{name!r} is not a volume of this job; its configuration declares {declared}"
+
+
 # -- triggers and schedules ------------------------------------------------------------------------
 
 _OVERRIDE_FIELDS = (
@@ -441,6 +597,8 @@ _OVERRIDE_FIELDS = (
     "ActiveDeadlineSeconds",
     "Parallelism",
     "Completions",
+    "VolumeMounts",
+    "Volumes",
 )
 _SCHEDULE_FIELDS = ("Schedule", "TimeZone", "ConcurrencyPolicy", "StartingDeadlineSeconds", "Paused")
 
@@ -453,6 +611,13 @@ def _body(body: object, where: str) -> dict[str, object]:
 
 def _overrides(fields: Mapping[str, object], where: str) -> JobOverrides:
     r = _Reader(fields, where)
+    if "Volumes" in fields:
+        _fail(
+            "volume_not_allowed",
+            r.at("Volumes"),
+            "a request cannot define volumes; list in VolumeMounts the mounts of the job configuration "
+            "it wants, and the Job gets the configured volumes they use",
+        )
     return JobOverrides(
         # An empty Image means "as configured", as in SlimFaas where "" is the default.
         image=r.get("Image", _str) or None,
@@ -467,6 +632,7 @@ def _overrides(fields: Mapping[str, object], where: str) -> JobOverrides:
         active_deadline_seconds=r.integer("ActiveDeadlineSeconds", minimum=1, maximum=_INT64_MAX),
         parallelism=r.integer("Parallelism", minimum=1),
         completions=r.integer("Completions", minimum=1),
+        volume_mounts=r.get("VolumeMounts", _volume_mounts),
     )
 
 
@@ -474,7 +640,8 @@ def parse_overrides(body: object, *, where: str = "") -> JobOverrides:
     """Validate the body of ``POST /job/{name}``; ``where`` prefixes the field paths in messages.
 
     Raises ``BadRequest`` with the code ``invalid_body``, ``unknown_field``, ``duplicate_field``
-    (one field under two spellings), ``missing_field``, ``invalid_field`` or ``invalid_quantity``.
+    (one field under two spellings), ``missing_field``, ``invalid_field`` or ``invalid_quantity``,
+    or ``volume_not_allowed`` for a ``Volumes`` field (only the configuration defines volumes).
     Whether the values are allowed for the job is ``merge``'s business.
     """
     try:
@@ -532,6 +699,8 @@ _JOB_FIELDS = (
     "Command",
     "Parallelism",
     "Completions",
+    "Volumes",
+    "VolumeMounts",
 )
 
 
@@ -539,6 +708,9 @@ def _job_config(value: object, path: str, *, default_resources: Resources) -> Jo
     r = _Reader(_fields(_object(value, path), _JOB_FIELDS, path), path)
     resources = _or(r.get("Resources", _resources), default_resources)
     _check_limits_cover_requests(resources, r.at("Resources"))
+    volumes = _or(r.get("Volumes", _volumes), ())
+    volume_mounts = _or(r.get("VolumeMounts", _volume_mounts), ())
+    _check_mounts_declared(volume_mounts, volumes, r.at("VolumeMounts"))
     return JobConfig(
         image=_or(r.get("Image", _str), ""),
         images_whitelist=_or(r.get("ImagesWhitelist", _strs), ()),
@@ -554,6 +726,8 @@ def _job_config(value: object, path: str, *, default_resources: Resources) -> Jo
         command=_or(r.get("Command", _strs), ()),
         parallelism=_or(r.integer("Parallelism", minimum=1), 1),
         completions=_or(r.integer("Completions", minimum=1), 1),
+        volumes=volumes,
+        volume_mounts=volume_mounts,
     )
 
 
@@ -679,8 +853,16 @@ def merge(config: JobConfig, overrides: JobOverrides) -> JobSpec:
     - BackoffLimit, TtlSecondsAfterFinished, ActiveDeadlineSeconds, Parallelism, Completions may
       be lowered, never raised [over_limit]; a TTL or deadline the configuration leaves unset
       may be set to any value. RestartPolicy may go from OnFailure to Never, not back [over_limit].
-    - Values out of range or malformed environment variables [invalid_field], since overrides
-      can also come from stored schedules that never went through ``parse_overrides``.
+    - VolumeMounts: none means the configured mounts; a list (``[]`` for none) replaces them,
+      and each entry must be one of the configured mounts: the same Name [volume_not_allowed,
+      naming ``VolumeMounts[i].Name``] and MountPath [``.MountPath``], ReadOnly when the
+      configured mount is read-only [``.ReadOnly``: a request may make a mount read-only, never
+      writable], and the configured SubPath when there is one [``.SubPath``]; without a
+      configured SubPath it may pick one. The Job carries exactly the configured volumes its
+      mounts use, in configuration order; a request cannot define volumes.
+    - Values out of range, malformed environment variables or volume mounts, and a MountPath
+      given twice [invalid_field], since overrides can also come from stored schedules that
+      never went through ``parse_overrides``.
     """
     try:
         return _merge(config, overrides)
@@ -689,6 +871,7 @@ def merge(config: JobConfig, overrides: JobOverrides) -> JobSpec:
 
 
 def _merge(config: JobConfig, overrides: JobOverrides) -> JobSpec:
+    volumes, volume_mounts = _merge_volumes(config, overrides.volume_mounts)
     return JobSpec(
         image=_merge_image(config, overrides.image),
         args=overrides.args if overrides.args is not None else (),
@@ -713,6 +896,8 @@ def _merge(config: JobConfig, overrides: JobOverrides) -> JobSpec:
         ),
         parallelism=_lowered("Parallelism", config.parallelism, overrides.parallelism, minimum=1),
         completions=_lowered("Completions", config.completions, overrides.completions, minimum=1),
+        volumes=volumes,
+        volume_mounts=volume_mounts,
     )
 
 
@@ -838,3 +1023,51 @@ def _merge_restart_policy(configured: RestartPolicy, requested: RestartPolicy | 
             "OnFailure to Never",
         )
     return requested
+
+
+def _merge_volumes(
+    config: JobConfig, requested: tuple[VolumeMount, ...] | None
+) -> tuple[tuple[Volume, ...], tuple[VolumeMount, ...]]:
+    mounts = config.volume_mounts
+    if requested is not None:
+        _check_volume_mounts(requested, "VolumeMounts")
+        for i, mount in enumerate(requested):
+            _check_mount_allowed(config, mount, f"VolumeMounts[{i}]")
+        mounts = requested
+    used = {mount.name for mount in mounts}
+    return tuple(volume for volume in config.volumes if volume.name in used), mounts
+
+
+def _check_mount_allowed(config: JobConfig, mount: VolumeMount, path: str) -> None:
+    candidates = [m for m in config.volume_mounts if m.name == mount.name]
+    if not candidates:
+        if all(volume.name != mount.name for volume in config.volumes):
+            _fail("volume_not_allowed", _join(path, "Name"), _undeclared_volume(mount.name, config.volumes))
+        _fail(
+            "volume_not_allowed",
+            _join(path, "Name"),
+            f"the job configuration mounts volume {mount.name!r} nowhere, so a request cannot mount it",
+        )
+    declared = next((m for m in candidates if m.mount_path == mount.mount_path), None)
+    if declared is None:
+        allowed = ", ".join(repr(m.mount_path) for m in candidates)
+        _fail(
+            "volume_not_allowed",
+            _join(path, "MountPath"),
+            f"volume {mount.name!r} may not be mounted at {mount.mount_path!r}; the job configuration "
+            f"mounts it at {allowed}",
+        )
+    if declared.read_only and not mount.read_only:
+        _fail(
+            "volume_not_allowed",
+            _join(path, "ReadOnly"),
+            f"the job configuration mounts {mount.name!r} at {mount.mount_path!r} read-only; a request may "
+            "make a mount read-only, never writable, so set ReadOnly to true",
+        )
+    if declared.sub_path is not None and mount.sub_path != declared.sub_path:
+        _fail(
+            "volume_not_allowed",
+            _join(path, "SubPath"),
+            f"the job configuration mounts only {declared.sub_path!r} of {mount.name!r} at "
+            f"{mount.mount_path!r}, so SubPath must be {declared.sub_path!r}",
+        )

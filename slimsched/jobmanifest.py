@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from slimsched.model import EnvVar, Resources, Run, RunStatus
+from slimsched.model import EnvVar, Resources, Run, RunStatus, Volume, VolumeKind, VolumeMount
 
 MANAGED_BY = "slimsched"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -103,6 +103,34 @@ def _resources(resources: Resources) -> dict[str, dict[str, str]]:
     return out
 
 
+def _volume(volume: Volume) -> dict[str, Any]:
+    source: dict[str, Any]
+    if volume.kind is VolumeKind.PERSISTENT_VOLUME_CLAIM:
+        source = {"claimName": volume.source}
+        if volume.read_only:
+            source["readOnly"] = True
+        return {"name": volume.name, "persistentVolumeClaim": source}
+    if volume.kind is VolumeKind.CONFIG_MAP:
+        return {"name": volume.name, "configMap": {"name": volume.source}}
+    if volume.kind is VolumeKind.SECRET:
+        return {"name": volume.name, "secret": {"secretName": volume.source}}
+    source = {}
+    if volume.medium:
+        source["medium"] = volume.medium
+    if volume.size_limit is not None:
+        source["sizeLimit"] = volume.size_limit
+    return {"name": volume.name, "emptyDir": source}
+
+
+def _volume_mount(mount: VolumeMount) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": mount.name, "mountPath": mount.mount_path}
+    if mount.read_only:
+        out["readOnly"] = True
+    if mount.sub_path:
+        out["subPath"] = mount.sub_path
+    return out
+
+
 def build_job_manifest(
     run: Run, *, namespace: str, raft_term: int, raft_index: int, schedule_id: str | None
 ) -> dict[str, Any]:
@@ -135,6 +163,11 @@ def build_job_manifest(
     resources = _resources(spec.resources)
     if resources:
         container["resources"] = resources
+    if spec.volume_mounts:
+        container["volumeMounts"] = [_volume_mount(m) for m in spec.volume_mounts]
+    pod_spec: dict[str, Any] = {"restartPolicy": spec.restart_policy.value, "containers": [container]}
+    if spec.volumes:
+        pod_spec["volumes"] = [_volume(v) for v in spec.volumes]
 
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
@@ -142,7 +175,7 @@ def build_job_manifest(
         "completions": spec.completions,
         "template": {
             "metadata": {"labels": dict(run_labels), "annotations": {ANNOTATION_RUN_ID: run.id}},
-            "spec": {"restartPolicy": spec.restart_policy.value, "containers": [container]},
+            "spec": pod_spec,
         },
     }
     if spec.ttl_seconds_after_finished is not None:

@@ -47,6 +47,42 @@ class Resources:
     limits: Mapping[str, str] = field(default_factory=dict)
 
 
+class VolumeKind(StrEnum):
+    PERSISTENT_VOLUME_CLAIM = "PersistentVolumeClaim"
+    CONFIG_MAP = "ConfigMap"
+    SECRET = "Secret"
+    EMPTY_DIR = "EmptyDir"
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A pod volume a job configuration declares, of one of four kinds.
+
+    ``source`` is the name of the PersistentVolumeClaim (``claimName``), ConfigMap (``name``) or
+    Secret (``secretName``) and ``None`` for an EmptyDir. ``read_only`` is the claim's
+    ``readOnly``; ``medium`` (``"Memory"``, or ``None`` for the node's disk) and ``size_limit``
+    (a quantity) belong to an EmptyDir. A field that does not belong to ``kind`` stays at its
+    default.
+    """
+
+    name: str
+    kind: VolumeKind
+    source: str | None = None
+    read_only: bool = False
+    medium: str | None = None
+    size_limit: str | None = None
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """Where the container sees volume ``name``; ``sub_path`` mounts one path inside it."""
+
+    name: str
+    mount_path: str
+    read_only: bool = False
+    sub_path: str | None = None
+
+
 class Visibility(StrEnum):
     PUBLIC = "Public"
     PRIVATE = "Private"
@@ -79,6 +115,7 @@ class JobOverrides:
     active_deadline_seconds: int | None = None
     parallelism: int | None = None
     completions: int | None = None
+    volume_mounts: tuple[VolumeMount, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +134,8 @@ class JobSpec:
     active_deadline_seconds: int | None = None
     parallelism: int = 1
     completions: int = 1
+    volumes: tuple[Volume, ...] = ()
+    volume_mounts: tuple[VolumeMount, ...] = ()
 
 
 class RunStatus(StrEnum):

@@ -929,9 +929,9 @@ BAD_CONFIGURATIONS: list[tuple[str, object, str]] = [
         "Configurations.fib.Imag: unknown field",
     ),
     (
-        "volumes-not-supported-yet",
-        {"Configurations": {"fib": {"Volumes": []}}},
-        "Configurations.fib.Volumes: unknown field",
+        "volume-mount-of-undeclared-volume",
+        {"Configurations": {"fib": {"VolumeMounts": [{"Name": "data", "MountPath": "/data"}]}}},
+        "Configurations.fib.VolumeMounts[0].Name: 'data' is not a volume of this job",
     ),
     (
         "visibility-unknown",

@@ -33,6 +33,9 @@ from slimsched.model import (
     RestartPolicy,
     Run,
     RunStatus,
+    Volume,
+    VolumeKind,
+    VolumeMount,
 )
 
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -51,6 +54,7 @@ def _run(**spec_changes: Any) -> Run:
 
 
 # --- names -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "job_name",
@@ -113,6 +117,7 @@ def test_distinct_unsafe_values_hash_to_distinct_labels() -> None:
 
 
 # --- manifest ----------------------------------------------------------------------------------
+
 
 def test_manifest_metadata_labels_and_annotations() -> None:
     run = _run()
@@ -199,8 +204,12 @@ def test_manifest_spec_and_container() -> None:
         {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
         {"name": "CONFIG", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "level"}}},
         {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu",
-                                                          "containerName": "fibonacci", "divisor": "1m"}}},
+        {
+            "name": "CPU",
+            "valueFrom": {
+                "resourceFieldRef": {"resource": "limits.cpu", "containerName": "fibonacci", "divisor": "1m"}
+            },
+        },
         {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "requests.memory"}}},
     ]
 
@@ -213,16 +222,38 @@ def test_manifest_omits_what_is_not_set() -> None:
     [container] = spec["template"]["spec"]["containers"]
     assert set(container) == {"name", "image"}
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    assert "volumes" not in spec["template"]["spec"]
 
 
 @pytest.mark.parametrize(
     "run",
     [
         _run(),
-        _run(args=("a",), command=("sh", "-c"), environments=(EnvVar("S", secret_key_ref=KeyRef("s", "k")),),
-             resources=Resources(requests={"cpu": "1"}, limits={"cpu": "2"}), ttl_seconds_after_finished=0,
-             active_deadline_seconds=1),
+        _run(
+            args=("a",),
+            command=("sh", "-c"),
+            environments=(EnvVar("S", secret_key_ref=KeyRef("s", "k")),),
+            resources=Resources(requests={"cpu": "1"}, limits={"cpu": "2"}),
+            ttl_seconds_after_finished=0,
+            active_deadline_seconds=1,
+        ),
         replace(_run(), id="weird id/with:chars", job_name="Weird_Name", schedule_id="s:1"),
+        _run(
+            volumes=(
+                Volume("data", VolumeKind.PERSISTENT_VOLUME_CLAIM, source="fib-data", read_only=True),
+                Volume("settings", VolumeKind.CONFIG_MAP, source="fib-settings"),
+                Volume("creds", VolumeKind.SECRET, source="fib-creds"),
+                Volume("scratch", VolumeKind.EMPTY_DIR, medium="Memory", size_limit="64Mi"),
+                Volume("disk", VolumeKind.EMPTY_DIR),
+            ),
+            volume_mounts=(
+                VolumeMount("data", "/data", read_only=True, sub_path="in"),
+                VolumeMount("settings", "/etc/fib", read_only=True),
+                VolumeMount("creds", "/creds"),
+                VolumeMount("scratch", "/tmp"),
+                VolumeMount("disk", "/disk"),
+            ),
+        ),
     ],
 )
 def test_manifest_passes_the_kubernetes_schema(run: Run) -> None:
@@ -231,6 +262,7 @@ def test_manifest_passes_the_kubernetes_schema(run: Run) -> None:
 
 
 # --- status ------------------------------------------------------------------------------------
+
 
 def _job(*conditions: tuple[str, str, str | None], **status: Any) -> dict[str, Any]:
     conds = [{"type": t, "status": s, **({"reason": r} if r else {})} for t, s, r in conditions]
@@ -251,30 +283,80 @@ STATUS_TABLE: list[tuple[str, dict[str, Any], list[dict[str, Any]], RunStatus, s
     ("fresh job, no pod yet", _job(), [], RunStatus.PENDING, None),
     ("pod creating", _job(active=1), [_pod("Pending", "ContainerCreating")], RunStatus.PENDING, None),
     ("unschedulable", _job(active=1), [_pod("Pending", scheduled=False)], RunStatus.PENDING, "Unschedulable"),
-    ("missing secret", _job(active=1), [_pod("Pending", "CreateContainerConfigError")], RunStatus.PENDING,
-     "CreateContainerConfigError"),
-    ("image pull backoff", _job(active=1), [_pod("Pending", "ImagePullBackOff")],
-     RunStatus.IMAGE_PULL_BACK_OFF, "ImagePullBackOff"),
-    ("err image pull", _job(active=1), [_pod("Pending", "ErrImagePull")], RunStatus.IMAGE_PULL_BACK_OFF,
-     "ErrImagePull"),
+    (
+        "missing secret",
+        _job(active=1),
+        [_pod("Pending", "CreateContainerConfigError")],
+        RunStatus.PENDING,
+        "CreateContainerConfigError",
+    ),
+    (
+        "image pull backoff",
+        _job(active=1),
+        [_pod("Pending", "ImagePullBackOff")],
+        RunStatus.IMAGE_PULL_BACK_OFF,
+        "ImagePullBackOff",
+    ),
+    (
+        "err image pull",
+        _job(active=1),
+        [_pod("Pending", "ErrImagePull")],
+        RunStatus.IMAGE_PULL_BACK_OFF,
+        "ErrImagePull",
+    ),
     ("running pod", _job(active=1), [_pod("Running")], RunStatus.RUNNING, None),
     ("ready count without pods listed", _job(active=1, ready=1), [], RunStatus.RUNNING, None),
-    ("one of two pods running, other pulling", _job(active=2),
-     [_pod("Pending", "ImagePullBackOff"), _pod("Running")], RunStatus.RUNNING, None),
+    (
+        "one of two pods running, other pulling",
+        _job(active=2),
+        [_pod("Pending", "ImagePullBackOff"), _pod("Running")],
+        RunStatus.RUNNING,
+        None,
+    ),
     ("pod done, job not yet", _job(active=0), [_pod("Succeeded")], RunStatus.RUNNING, None),
-    ("failed pod, retry pending", _job(active=1, failed=1),
-     [_pod("Failed"), _pod("Pending", "ContainerCreating")], RunStatus.PENDING, None),
-    ("complete", _job(("Complete", "True", None), succeeded=1), [_pod("Succeeded")],
-     RunStatus.SUCCEEDED, None),
-    ("success criteria met", _job(("SuccessCriteriaMet", "True", "CompletionsReached")), [_pod("Running")],
-     RunStatus.SUCCEEDED, None),
-    ("backoff limit", _job(("Failed", "True", "BackoffLimitExceeded"), failed=2), [_pod("Failed")],
-     RunStatus.FAILED, "BackoffLimitExceeded"),
+    (
+        "failed pod, retry pending",
+        _job(active=1, failed=1),
+        [_pod("Failed"), _pod("Pending", "ContainerCreating")],
+        RunStatus.PENDING,
+        None,
+    ),
+    (
+        "complete",
+        _job(("Complete", "True", None), succeeded=1),
+        [_pod("Succeeded")],
+        RunStatus.SUCCEEDED,
+        None,
+    ),
+    (
+        "success criteria met",
+        _job(("SuccessCriteriaMet", "True", "CompletionsReached")),
+        [_pod("Running")],
+        RunStatus.SUCCEEDED,
+        None,
+    ),
+    (
+        "backoff limit",
+        _job(("Failed", "True", "BackoffLimitExceeded"), failed=2),
+        [_pod("Failed")],
+        RunStatus.FAILED,
+        "BackoffLimitExceeded",
+    ),
     ("deadline", _job(("Failed", "True", "DeadlineExceeded")), [], RunStatus.FAILED, "DeadlineExceeded"),
-    ("deadline while pulling", _job(("FailureTarget", "True", "DeadlineExceeded")),
-     [_pod("Pending", "ImagePullBackOff")], RunStatus.FAILED, "DeadlineExceeded"),
-    ("condition not true yet", _job(("Failed", "False", "BackoffLimitExceeded"), active=1), [_pod("Running")],
-     RunStatus.RUNNING, None),
+    (
+        "deadline while pulling",
+        _job(("FailureTarget", "True", "DeadlineExceeded")),
+        [_pod("Pending", "ImagePullBackOff")],
+        RunStatus.FAILED,
+        "DeadlineExceeded",
+    ),
+    (
+        "condition not true yet",
+        _job(("Failed", "False", "BackoffLimitExceeded"), active=1),
+        [_pod("Running")],
+        RunStatus.RUNNING,
+        None,
+    ),
     ("suspended", {"spec": {"suspend": True}, "status": {}}, [], RunStatus.PENDING, "Suspended"),
     ("no status at all", {"metadata": {"name": "j"}}, [], RunStatus.PENDING, None),
 ]
