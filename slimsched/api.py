@@ -10,6 +10,8 @@ with a traceback.
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import logging
 import re
 import uuid
@@ -359,7 +361,7 @@ def _query_tail(request: web.Request) -> int | None:
     raw = request.query.get("tail")
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 9:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:  # isdigit() alone admits '²'
         raise BadRequest("invalid_query", f"?tail must be a whole number of lines, not {raw!r}")
     return int(raw)
 
@@ -457,6 +459,16 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=m.render(), content_type="text/plain", charset="utf-8")
 
 
+@functools.cache
+def openapi_json() -> bytes:
+    """The OpenAPI document of this API, shipped as package data (``slimsched/openapi.json``)."""
+    return importlib.resources.files("slimsched").joinpath("openapi.json").read_bytes()
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=openapi_json(), content_type="application/json")
+
+
 ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
     ("POST", "/job-schedules/{name}", post_schedule),
     ("GET", "/job-schedules/{name}", list_schedules),
@@ -471,6 +483,7 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
     ("GET", "/ready", ready),
     ("GET", "/status", cluster_status),
     ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi_document),
 )
 
 

@@ -27,10 +27,11 @@ _MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError) as e:
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError) as e:  # OSError: "America", too long
         raise BadRequest("invalid_time_zone", f"TimeZone {name!r} is not an IANA time zone name") from e
 
 
+@lru_cache(maxsize=1024)  # pure (no clock); only successes are cached, an error raises anew
 def validate(expr: str, time_zone: str = "UTC") -> None:
     """Raise ``BadRequest`` unless ``expr`` is a cron expression slimsched can fire."""
     zone(time_zone)
@@ -50,6 +51,7 @@ def validate(expr: str, time_zone: str = "UTC") -> None:
         raise BadRequest("invalid_cron", f"Schedule {expr!r} is not a valid cron expression: {e}") from e
 
 
+@lru_cache(maxsize=4096)  # pure: schedules sharing an expression share the answer for one second
 def next_fire(expr: str, time_zone: str, after: int) -> int:
     """The first tick strictly after ``after`` (epoch seconds)."""
     start = datetime.fromtimestamp(after, tz=zone(time_zone))

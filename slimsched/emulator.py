@@ -197,6 +197,7 @@ class CreateAttempt:
     name: str
     outcome: str  # "created", "conflict" or "invalid"
     at: str
+    at_unix: float = 0.0  # the same instant, not rounded to the second (benchmarks measure lateness)
 
 
 @dataclass(frozen=True)
@@ -592,7 +593,7 @@ class Emulator:
         sim = _SimJob(job, plan, _Pod(pod))
         self._jobs[(namespace, name)] = sim
         self._pods[(namespace, pod_name)] = sim.pod
-        self._creations.append(CreateAttempt(namespace, name, "created", ts))
+        self._creations.append(CreateAttempt(namespace, name, "created", ts, now))
         self._step(now)
         self._wake.set()
         return _json(job, status=201)
@@ -815,8 +816,8 @@ class Emulator:
         return _json({"appended": len(lines)})
 
     async def _h_hook_creations(self, request: web.Request) -> web.Response:
-        return _json({"items": [{"namespace": c.namespace, "name": c.name, "outcome": c.outcome, "at": c.at}
-                                for c in self._creations]})
+        return _json({"items": [{"namespace": c.namespace, "name": c.name, "outcome": c.outcome, "at": c.at,
+                                 "atUnix": c.at_unix} for c in self._creations]})
 
 
 def _job_problem(body: Mapping[str, Any]) -> str | None:

@@ -60,10 +60,14 @@ class _Due:
     schedule: Schedule
     last_fired: int | None
     active_runs: tuple[Run, ...]
+    plan: cronplan.TickPlan | None = None  # set by _refresh, so that _fire does not plan again
 
 
 class Leader:
     """Owned by the node; started and stopped as this node gains and loses Raft leadership."""
+
+    # Awaited right after each term's barrier, before anything else (the cold-start restore).
+    restore_hook: Callable[[], Awaitable[object]] | None = None
 
     def __init__(
         self,
@@ -102,6 +106,7 @@ class Leader:
         self.discovered: frozenset[str] = frozenset()
         self._discovery_seen = False
         self._inflight: set[str] = set()
+        self._closed = False
 
     # -- hooks called in the Raft thread -------------------------------------------------------
 
@@ -134,6 +139,8 @@ class Leader:
             self.not_leading.clear()
         else:
             self.not_leading.set()
+        if self._closed:
+            return  # shutting down: a late election win must not start a term
         if is_leader and self._task is None:
             self._leading = True
             self._rebuild = True
@@ -162,7 +169,8 @@ class Leader:
         self._cron_wake.set()
 
     async def stop(self) -> None:
-        """Stop leading now (shutdown): cancel the loops and wait for them, within a deadline."""
+        """Stop leading for good (shutdown): cancel the loops and wait for them, within a deadline."""
+        self._closed = True
         self._leading = False
         task, self._task = self._task, None
         if task is not None:
@@ -171,21 +179,29 @@ class Leader:
                 await asyncio.wait_for(task, STOP_DEADLINE_SECONDS)
 
     async def _lead(self) -> None:
-        try:
-            await self._propose_until_committed("barrier")
-            await self._sync_runs()
-            log.info("leader barrier committed and runs reconciled: firing and dispatching")
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._cron_loop(), name="leader-cron")
-                tg.create_task(self._dispatch_loop(), name="leader-dispatch")
-                tg.create_task(self._status_loop(), name="leader-status")
-                tg.create_task(self._declared_loop(), name="leader-declared-schedules")
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("leader loops failed; stepping back until the next term")
-            self._leading = False
-            self._task = None
+        """Lead for as long as this term lasts; a crash of the loops restarts them after a pause."""
+        for attempt in range(1_000_000):
+            try:
+                await self._lead_once()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("leader loops failed (attempt %d); restarting them", attempt + 1)
+                self._rebuild = True
+                await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
+
+    async def _lead_once(self) -> None:
+        await self._propose_until_committed("barrier")
+        if self.restore_hook is not None:
+            await self.restore_hook()
+        await self._sync_runs()
+        log.info("leader barrier committed and runs reconciled: firing and dispatching")
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._cron_loop(), name="leader-cron")
+            tg.create_task(self._dispatch_loop(), name="leader-dispatch")
+            tg.create_task(self._status_loop(), name="leader-status")
+            tg.create_task(self._declared_loop(), name="leader-declared-schedules")
 
     async def _propose_until_committed(self, kind: str, **fields: Any) -> Result:
         rid = self.new_id()
@@ -273,7 +289,7 @@ class Leader:
             if plan is None:
                 continue
             if plan.due is not None or plan.missed:
-                work.append(due)
+                work.append(_Due(due.schedule, due.last_fired, due.active_runs, plan))
             self._next[due.schedule.id] = plan.next_tick
             heapq.heappush(self._heap, (plan.next_tick, due.schedule.id))
         if len(self._heap) > 4 * max(len(self._next), 1024):
@@ -310,7 +326,8 @@ class Leader:
 
     async def _fire(self, due: _Due, now: int, sem: asyncio.Semaphore) -> None:
         s = due.schedule
-        plan = self._plan_for(s, due.last_fired, now)
+        # _refresh planned this schedule from the same state and the same ``now``: same plan.
+        plan = due.plan if due.plan is not None else self._plan_for(s, due.last_fired, now)
         if plan is None or (plan.due is None and not plan.missed):
             return
         at = int(self.clock() * 1000)

@@ -2,7 +2,7 @@
 
 The node owns every background task it starts and stops them within a deadline. Shutdown order
 (SIGTERM): readiness fails first, the HTTP server stops taking connections and lets in-flight
-requests finish, the leader loops stop, then the Raft node leaves.
+requests finish, the leader loops stop, a last backup is written, then the Raft node leaves.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from aiohttp import web
 from slimsched import catalog, jobconfig, statemachine
 from slimsched.access import AccessPolicy
 from slimsched.api import ApiContext, create_app
+from slimsched.backup import Backups, add_admin_routes
 from slimsched.errors import ConfigError, KubeError
 from slimsched.kube import KubeClient
 from slimsched.leader import Leader, LeaderTimings
@@ -76,6 +77,7 @@ class Node:
     _discovery: asyncio.Task[None] | None = field(default=None, init=False)
     _pod_ips_cache: tuple[float, frozenset[str]] = field(default=(-1e9, frozenset()), init=False)
     _accepting: bool = field(default=True, init=False)
+    backups: Backups | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics()
@@ -94,6 +96,16 @@ class Node:
             self.settings, on_role_change=self.leader.on_role_change, on_applied=self.leader.on_applied
         )
         self.leader.raft = self.raft
+        if self.settings.backup_dir:
+            self.backups = Backups(
+                raft=self.raft,
+                backup_dir=self.settings.backup_dir,
+                node_id=self.settings.node_id,
+                interval_seconds=self.settings.backup_interval_seconds,
+                registry=self.metrics.registry,
+                clock=self.clock,
+            )
+            self.leader.restore_hook = self.backups.restore_if_cold_start
 
     @property
     def http_url(self) -> str:
@@ -120,12 +132,16 @@ class Node:
         self._ctx = ctx
         if self.kube is not None:
             self._discovery = loop.create_task(self._discover_cronjobs(), name="cronjob-discovery")
+        app = create_app(ctx)
+        add_admin_routes(app, self.raft, ctx.access)  # POST /admin/restore
         self._runner = web.AppRunner(
-            create_app(ctx), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, handle_signals=False
+            app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, handle_signals=False
         )
         await self._runner.setup()
         await web.TCPSite(self._runner, s.http_host, s.http_port, reuse_address=True).start()
         log.info("node %s serving HTTP on %s:%s", s.node_id, s.http_host, s.http_port)
+        if self.backups is not None:
+            self.backups.start()  # task "backup"; stopped (after a last pass) in stop()
 
     async def _pod_ips(self) -> Collection[str]:
         """IPs of the namespace's pods (callers that count as in-cluster), cached for 10 s."""
@@ -178,6 +194,8 @@ class Node:
             self._runner = None
         await self.leader.stop()
         await self._hand_over_leadership()
+        if self.backups is not None:
+            await self.backups.stop()
         if self._discovery is not None:
             self._discovery.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):

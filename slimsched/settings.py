@@ -45,6 +45,7 @@ ENV_VARS: frozenset[str] = frozenset(
         "SLIMSCHED_CRONJOB_REFRESH_SECONDS",
         "KUBECONFIG",
         "SLIMSCHED_LOG_LEVEL",
+        "SLIMSCHED_TEST_BREAK_FIRE_DEDUP",
     }
 )
 
@@ -83,6 +84,8 @@ class Settings:
     cronjob_refresh_seconds: float = 30.0
     kubeconfig: str | None = None
     log_level: str = "INFO"
+    # Test only (slimsched chaos proves its checker can fail): skip the FireTick duplicate check.
+    test_break_fire_dedup: bool = False
     timings: RaftTimings = field(default_factory=RaftTimings)
 
     @property
@@ -144,6 +147,7 @@ class Settings:
             cronjob_refresh_seconds=_float(e, "SLIMSCHED_CRONJOB_REFRESH_SECONDS", 30.0),
             kubeconfig=e.get("KUBECONFIG") or None,
             log_level=e.get("SLIMSCHED_LOG_LEVEL", "INFO"),
+            test_break_fire_dedup=e.get("SLIMSCHED_TEST_BREAK_FIRE_DEDUP") == "1",
         )
 
 

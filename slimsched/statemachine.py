@@ -29,6 +29,10 @@ RECENT_REQUESTS = 20_000
 LEDGER_PER_SCHEDULE = 100
 FINISHED_RUNS_PER_JOB = 200
 
+# Test only, set at node start from SLIMSCHED_TEST_BREAK_FIRE_DEDUP: skip the FireTick duplicate
+# check (a repeated tick is accepted again), so that ``slimsched chaos`` can prove its checker fails.
+BREAK_FIRE_DEDUP = False
+
 
 @dataclass(frozen=True)
 class Result:
@@ -201,12 +205,12 @@ def _fire_tick(state: State, cmd: dict[str, Any]) -> Result:
     sched = state.schedules.get(schedule_id)
     if sched is None:
         return error("not_found", f"no schedule {schedule_id}")
-    if tick <= state.last_fired.get(schedule_id, -1):
+    if tick <= state.last_fired.get(schedule_id, -1) and not BREAK_FIRE_DEDUP:
         return error("duplicate", f"tick {tick} of schedule {schedule_id} was already handled")
     outcome = TickOutcome(cmd["outcome"])
     missed = [int(m) for m in cmd.get("missed", [])]
     run = codec.run_from_dict(cmd["run"]) if outcome is TickOutcome.FIRED else None
-    if run is not None and run.id in state.runs:
+    if run is not None and run.id in state.runs and not BREAK_FIRE_DEDUP:
         return error("conflict", f"run {run.id} already exists")
     state.last_fired[schedule_id] = tick
     if run is not None:

@@ -80,9 +80,10 @@ async def kube(emulator: Emulator) -> AsyncIterator[KubeClient]:
 
 
 async def hook(emulator: Emulator, method: str, path: str, body: Any = None) -> Any:
-    async with aiohttp.ClientSession() as session, session.request(
-        method, f"{emulator.url}/_emulator{path}", json=body
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, f"{emulator.url}/_emulator{path}", json=body) as response,
+    ):
         assert response.status == 200, await response.text()
         return await response.json()
 
@@ -114,6 +115,7 @@ def status_is(status: RunStatus) -> Callable[[tuple[RunStatus, str | None]], boo
 
 # --- dispatch exactly once -----------------------------------------------------------------------
 
+
 async def test_second_create_of_the_same_name_is_a_conflict_counted_as_done(
     emulator: Emulator, kube: KubeClient
 ) -> None:
@@ -129,11 +131,20 @@ async def test_second_create_of_the_same_name_is_a_conflict_counted_as_done(
 
 async def test_the_client_sends_the_manifest_unchanged(kube: KubeClient) -> None:
     run = make_run(
-        "run-full", args=("--n", "3"), command=("/bin/fib",), backoff_limit=2, ttl_seconds_after_finished=30,
-        active_deadline_seconds=60, parallelism=1, completions=1,
+        "run-full",
+        args=("--n", "3"),
+        command=("/bin/fib",),
+        backoff_limit=2,
+        ttl_seconds_after_finished=30,
+        active_deadline_seconds=60,
+        parallelism=1,
+        completions=1,
         resources=Resources(requests={"cpu": "100m", "memory": "100Mi"}, limits={"memory": "200Mi"}),
-        environments=(EnvVar("A", value="1"), EnvVar("S", secret_key_ref=KeyRef("db", "pw")),
-                      EnvVar("C", resource_field_ref=ResourceFieldRef("limits.cpu", "fibonacci", "1m"))),
+        environments=(
+            EnvVar("A", value="1"),
+            EnvVar("S", secret_key_ref=KeyRef("db", "pw")),
+            EnvVar("C", resource_field_ref=ResourceFieldRef("limits.cpu", "fibonacci", "1m")),
+        ),
     )
     sent = manifest(run)
     await kube.create_job(sent)
@@ -219,9 +230,10 @@ async def test_delete_job_and_its_pods(kube: KubeClient) -> None:
 async def test_delete_without_policy_orphans_the_pod(emulator: Emulator, kube: KubeClient) -> None:
     run = make_run("run-orphan")
     await kube.create_job(manifest(run))
-    async with aiohttp.ClientSession() as session, session.delete(
-        f"{emulator.url}/apis/batch/v1/namespaces/{NS}/jobs/{run.kube_name}"
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.delete(f"{emulator.url}/apis/batch/v1/namespaces/{NS}/jobs/{run.kube_name}") as response,
+    ):
         status = await response.json()
     assert (status["kind"], status["status"]) == ("Status", "Success")
     [pod] = await kube.list_pods(run_selector(run.id))
@@ -259,6 +271,7 @@ async def test_active_deadline_fails_the_job(emulator: Emulator, kube: KubeClien
 
 # --- workloads and cronjobs ----------------------------------------------------------------------
 
+
 async def test_workload_ready(emulator: Emulator, kube: KubeClient) -> None:
     assert await kube.workload_ready("db") is False
     await hook(emulator, "PUT", f"/namespaces/{NS}/deployments/db", {"replicas": 2, "readyReplicas": 0})
@@ -278,12 +291,25 @@ async def test_workload_ready(emulator: Emulator, kube: KubeClient) -> None:
 
 async def test_list_cronjobs(emulator: Emulator, kube: KubeClient) -> None:
     assert await kube.list_cronjobs() == []
-    await hook(emulator, "PUT", f"/namespaces/{NS}/cronjobs/fibonacci", {
-        "metadata": {"annotations": {"SlimFaas/Job": "true", "SlimFaas/Visibility": "Public"}},
-        "spec": {"schedule": "* * * * *", "suspend": True,
-                 "jobTemplate": {"spec": {"template": {"spec": {"containers": [
-                     {"name": "fibonacci", "image": "registry/fibonacci:1"}]}}}}},
-    })
+    await hook(
+        emulator,
+        "PUT",
+        f"/namespaces/{NS}/cronjobs/fibonacci",
+        {
+            "metadata": {"annotations": {"SlimFaas/Job": "true", "SlimFaas/Visibility": "Public"}},
+            "spec": {
+                "schedule": "* * * * *",
+                "suspend": True,
+                "jobTemplate": {
+                    "spec": {
+                        "template": {
+                            "spec": {"containers": [{"name": "fibonacci", "image": "registry/fibonacci:1"}]}
+                        }
+                    }
+                },
+            },
+        },
+    )
     [cron] = await kube.list_cronjobs()
     assert cron["metadata"]["name"] == "fibonacci"
     assert cron["metadata"]["annotations"]["SlimFaas/Job"] == "true"
@@ -291,6 +317,7 @@ async def test_list_cronjobs(emulator: Emulator, kube: KubeClient) -> None:
 
 
 # --- logs ----------------------------------------------------------------------------------------
+
 
 async def running_pod(emulator: Emulator, kube: KubeClient, run_id: str) -> tuple[Run, str]:
     emulator.set_image_behaviour("registry/server:1", Mode.HANG)
@@ -376,6 +403,7 @@ async def test_stop_ends_open_log_streams_within_the_deadline(emulator: Emulator
 
 # --- the emulator's own pieces -------------------------------------------------------------------
 
+
 def test_phase_timeline_is_a_function_of_plan_and_time() -> None:
     plan = JobPlan(created_at=100.0, mode=Mode.SUCCEED, pending_seconds=1.0, run_seconds=2.0)
     assert phase_at(plan, 100.0) == (PhaseAt(Phase.PENDING, 100.0), 101.0)
@@ -432,7 +460,9 @@ def test_emulator_thread_serves_sync_code() -> None:
 def test_module_entry_point_prints_url_and_stops_on_sigterm() -> None:
     with subprocess.Popen(
         [sys.executable, "-m", "slimsched.emulator", "--port", "0"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     ) as proc:
         try:
             assert proc.stdout is not None
