@@ -47,6 +47,9 @@ def _no_pod_ips() -> Awaitable[Collection[str]]:
     return none()
 
 
+Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
+
+
 @dataclass
 class ApiContext:
     """What the handlers need; built by the node wiring, replaced by tests as a whole."""
@@ -61,6 +64,7 @@ class ApiContext:
     ready_gate: Callable[[], bool] = field(default=lambda: True)
     metrics: Metrics = field(default_factory=Metrics)
     kube: KubeClient | None = None
+    extra_routes: tuple[Route, ...] = ()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -469,7 +473,7 @@ async def openapi_document(request: web.Request) -> web.Response:
     return web.Response(body=openapi_json(), content_type="application/json")
 
 
-ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
+ROUTES: tuple[Route, ...] = (
     ("POST", "/job-schedules/{name}", post_schedule),
     ("GET", "/job-schedules/{name}", list_schedules),
     ("DELETE", "/job-schedules/{name}/{id}", delete_schedule),
@@ -490,6 +494,6 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
 def create_app(ctx: ApiContext) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=ctx.max_body_bytes)
     app[CTX] = ctx
-    for method, path, handler in ROUTES:
+    for method, path, handler in (*ROUTES, *ctx.extra_routes):
         app.router.add_route(method, path, handler)
     return app

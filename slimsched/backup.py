@@ -40,7 +40,7 @@ import threading
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -803,14 +803,13 @@ class Backups:
 # -- the operator's restore: POST /admin/restore (loopback or trusted networks only) -------------
 
 
-def add_admin_routes(
-    app: web.Application,
+def admin_routes(
     raft: RaftNode,
     access: AccessPolicy,
     *,
     new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
-) -> None:
-    """Register ``POST /admin/restore``: the body is a backup file, verified again, then committed."""
+) -> tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...]:
+    """``POST /admin/restore``: the body is a backup file, verified again, then committed."""
 
     async def admin_restore(request: web.Request) -> web.Response:
         caller = access.caller(request.remote, request.headers.get("X-Forwarded-For"))
@@ -851,7 +850,7 @@ def add_admin_routes(
         }
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
-    app.router.add_route("POST", ADMIN_RESTORE_PATH, admin_restore)
+    return (("POST", ADMIN_RESTORE_PATH, admin_restore),)
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:

@@ -21,7 +21,7 @@ from aiohttp import web
 from slimsched import catalog, jobconfig, statemachine
 from slimsched.access import AccessPolicy
 from slimsched.api import ApiContext, create_app
-from slimsched.backup import Backups, add_admin_routes
+from slimsched.backup import Backups, admin_routes
 from slimsched.errors import ConfigError, KubeError
 from slimsched.kube import KubeClient
 from slimsched.leader import Leader, LeaderTimings
@@ -129,13 +129,12 @@ class Node:
             pod_ips=self._pod_ips,
             kube=self.kube,
         )
+        ctx.extra_routes = admin_routes(self.raft, ctx.access)  # POST /admin/restore
         self._ctx = ctx
         if self.kube is not None:
             self._discovery = loop.create_task(self._discover_cronjobs(), name="cronjob-discovery")
-        app = create_app(ctx)
-        add_admin_routes(app, self.raft, ctx.access)  # POST /admin/restore
         self._runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, handle_signals=False
+            create_app(ctx), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, handle_signals=False
         )
         await self._runner.setup()
         await web.TCPSite(self._runner, s.http_host, s.http_port, reuse_address=True).start()

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from slimsched import jobconfig
 from slimsched.access import AccessPolicy
 from slimsched.api import ApiContext, create_app
+from slimsched.backup import admin_routes
 from slimsched.emulator import EmulatorThread
 from slimsched.localcluster import LocalCluster, free_ports
 from slimsched.raft import RaftNode
@@ -117,7 +118,9 @@ def api_context(raft: RaftNode, clock: ManualClock, **changes: Any) -> ApiContex
         "max_body_bytes": 64 * 1024,
     }
     fields.update(changes)
-    return ApiContext(**fields)
+    ctx = ApiContext(**fields)
+    ctx.extra_routes = admin_routes(raft, ctx.access)  # as a node serves them
+    return ctx
 
 
 @pytest.fixture
