@@ -28,12 +28,16 @@ that one frame (bounded) and looks for a peer's address as a length-prefixed pic
 never unpickles. Knowing the pair, it can cut a link (close its connections, refuse new ones)
 and heal it. **The partition faults therefore require the cluster to run without
 SLIMSCHED_RAFT_PASSWORD**: with a password the first frame is encrypted, the proxy cannot tell
-who connects and refuses the connection. The harness never sets a password.
+who connects and refuses the connection. The harness clears the password for its nodes.
 
 One fault at a time: before each fault the harness waits until every node runs, all agree on
 one leader and each has applied what that leader had committed. A majority of intact nodes
 thus always exists, which is what Raft needs to keep its promises; wiping a node's data while
 another lags is not a crash fault and may lose committed entries, so it is never done.
+
+Proving the checker can fail: nodes started with SLIMSCHED_TEST_BREAK_FIRE_DEDUP=1 (read by the
+node's entry point, inherited from the harness's environment) accept a FireTick for a tick
+already handled; a run with ``--kinds pause-leader`` then reports tick-handled-twice.
 """
 
 from __future__ import annotations
@@ -478,6 +482,17 @@ def check(
     notes: Sequence[Violation] = (),
 ) -> tuple[list[Violation], TickStats]:
     """Compare what clients were told with what every node and the emulator hold.
+
+    - every acknowledged (2xx) schedule create and trigger is on every node (by id), unless the
+      schedule was deleted since; an acknowledged delete did not come back;
+    - every acknowledged trigger produced exactly one Job; no Job name was created twice; every
+      Job belongs to a run of the replicated state;
+    - cron ticks (from the ledgers read during the run and at the end, and the runs): each tick
+      is recorded once; every fired tick has its run ``{schedule}-{tick}`` and exactly one Job
+      ``kube_job_name(job, run id)``; a missed or skipped tick has none; every second of an
+      every-second schedule, from its creation on, is in the ledger (only the ledger's own
+      bounds may hide one); no tick fired after the schedule's delete was acknowledged;
+    - every node holds the same state (StateHash).
 
     ``creations`` is the emulator's log of Job create attempts as (name, outcome). Pure: the
     harness gathers the inputs once the cluster is healed and quiescent.

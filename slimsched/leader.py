@@ -482,7 +482,11 @@ class Leader:
         if run.tick is not None:
             self.metrics.dispatch_lateness.observe(max(0.0, self.clock() - run.tick))
         await self._propose(
-            "run_status", run_id=run.id, status=RunStatus.PENDING.value, at=int(self.clock() * 1000)
+            "run_status",
+            run_id=run.id,
+            status=RunStatus.PENDING.value,
+            expect=RunStatus.DISPATCHING.value,  # never move a run that is already Running back
+            at=int(self.clock() * 1000),
         )
 
     # -- following Jobs ------------------------------------------------------------------------

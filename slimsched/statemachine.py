@@ -205,10 +205,13 @@ def _fire_tick(state: State, cmd: dict[str, Any]) -> Result:
     sched = state.schedules.get(schedule_id)
     if sched is None:
         return error("not_found", f"no schedule {schedule_id}")
-    if tick <= state.last_fired.get(schedule_id, -1) and not BREAK_FIRE_DEDUP:
+    handled = state.last_fired.get(schedule_id, -1)
+    if tick <= handled and not BREAK_FIRE_DEDUP:
         return error("duplicate", f"tick {tick} of schedule {schedule_id} was already handled")
     outcome = TickOutcome(cmd["outcome"])
-    missed = [int(m) for m in cmd.get("missed", [])]
+    # The proposer's list of missed ticks may be stale (a deposed leader woken by SIGCONT proposes
+    # from its old view): ticks already handled are in the ledger and are never recorded again.
+    missed = [m for m in (int(x) for x in cmd.get("missed", [])) if m > handled]
     run = codec.run_from_dict(cmd["run"]) if outcome is TickOutcome.FIRED else None
     if run is not None and run.id in state.runs and not BREAK_FIRE_DEDUP:
         return error("conflict", f"run {run.id} already exists")
@@ -250,6 +253,10 @@ def _run_status(state: State, cmd: dict[str, Any]) -> Result:
     status = RunStatus(cmd["status"])
     if run.status.terminal:
         return error("conflict", f"run {run.id} already ended as {run.status.value}")
+    expect = cmd.get("expect")
+    if expect is not None and run.status.value != expect:
+        # A conditional move ("Dispatched": Dispatching -> Pending) that another update overtook.
+        return error("conflict", f"run {run.id} is {run.status.value}, not {expect}")
     if status is RunStatus.QUEUED:
         return error("invalid", "a run cannot go back to Queued")
     at = int(cmd["at"])

@@ -215,6 +215,65 @@ def test_fire_tick_accepts_each_tick_once_and_in_order() -> None:
     assert [(t.tick, t.lateness_ms) for t in state.ledger["s1"]] == [(60, 7), (120, 7)]
 
 
+def test_fire_tick_from_a_stale_leader_does_not_record_handled_ticks_as_missed() -> None:
+    """A deposed leader woken by SIGCONT proposes tick 103 with "missed" 101-102 from its old view;
+    the new leader had fired them. They used to be recorded twice, fired and missed (seen through
+    the chaos checker's tick-handled-twice invariant; live, the stale command must commit before
+    the new leader's own FireTick of tick 103, a narrow race)."""
+    state = State()
+    apply(state, encode_command("create_schedule", schedule=_schedule()))
+
+    def fire(tick: int, missed: list[int]) -> statemachine.Result:
+        run = Run(
+            id=f"s1-{tick}",
+            job_name="fib",
+            spec=JobSpec(image="i"),
+            status=RunStatus.QUEUED,
+            queued_at_ms=tick * 1000,
+            kube_name=f"s1-{tick}",
+            schedule_id="s1",
+            tick=tick,
+        )
+        cmd = encode_command(
+            "fire_tick",
+            schedule_id="s1",
+            tick=tick,
+            at=tick * 1000,
+            outcome="fired",
+            missed=missed,
+            run=codec.run_to_dict(run),
+        )
+        return apply(state, cmd)
+
+    assert fire(100, []).ok  # the old leader, before it was stopped
+    assert fire(101, []).ok and fire(102, []).ok  # the new leader
+    assert fire(103, [101, 102]).ok  # the old leader wakes up
+    assert [(t.tick, t.outcome.value) for t in state.ledger["s1"]] == [
+        (100, "fired"),
+        (101, "fired"),
+        (102, "fired"),
+        (103, "fired"),
+    ]
+
+
+def test_conditional_status_move_does_not_overtake_a_newer_status() -> None:
+    state = State()
+    run = Run(
+        id="r",
+        job_name="fib",
+        spec=JobSpec(image="i"),
+        status=RunStatus.QUEUED,
+        queued_at_ms=0,
+        kube_name="k",
+    )
+    apply(state, encode_command("enqueue_run", run=codec.run_to_dict(run)))
+    apply(state, encode_command("start_dispatch", run_id="r", term=1, index=1))
+    assert apply(state, encode_command("run_status", run_id="r", status="Running", at=5)).ok
+    late = encode_command("run_status", run_id="r", status="Pending", expect="Dispatching", at=6)
+    assert apply(state, late).code == "conflict"
+    assert state.runs["r"].status is RunStatus.RUNNING
+
+
 def test_malformed_command_leaves_state_untouched() -> None:
     state = State()
     apply(state, encode_command("create_schedule", schedule=_schedule()))
