@@ -8,6 +8,7 @@ error result. Validation of user input with good messages lives in ``jobconfig``
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from slimsched.model import (
@@ -250,14 +251,15 @@ def schedule_to_dict(s: Schedule) -> Json:
 def schedule_from_dict(d: Json) -> Schedule:
     return Schedule(
         id=_str(d["Id"]),
-        job_name=_str(d["Name"]),
-        cron=_str(d["Schedule"]),
-        time_zone=_str(d.get("TimeZone", "UTC")),
+        # Interned: 100,000 schedules share a few job names, zones and expressions (one copy each).
+        job_name=sys.intern(_str(d["Name"])),
+        cron=sys.intern(_str(d["Schedule"])),
+        time_zone=sys.intern(_str(d.get("TimeZone", "UTC"))),
         concurrency_policy=ConcurrencyPolicy(d.get("ConcurrencyPolicy", "Allow")),
         starting_deadline_seconds=_int(d.get("StartingDeadlineSeconds", 60)),
         paused=_bool(d.get("Paused", False)),
         created_at_ms=_int(d.get("CreatedAt", 0)),
-        source=_str(d.get("Source", "api")),
+        source=sys.intern(_str(d.get("Source", "api"))),
         overrides=overrides_from_dict(d.get("Overrides") or {}),
     )
 

@@ -99,7 +99,7 @@ class ConcurrencyPolicy(StrEnum):
     REPLACE = "Replace"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per schedule, 100,000 of them
 class JobOverrides:
     """What a trigger or a schedule asks to change; ``None`` means "as configured"."""
 
@@ -183,7 +183,7 @@ class Run:
     dispatch_index: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: ~190 bytes less per schedule than a __dict__
 class Schedule:
     """A cron schedule of a job, with the overrides each of its runs applies."""
 

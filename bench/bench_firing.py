@@ -1,0 +1,243 @@
+"""Cron firing lateness with 1,000, 10,000 and 100,000 schedules on a 3-node cluster + emulator.
+
+Schedules are created through the API (64 concurrent clients spread over the 3 nodes) with a
+mix of expressions, deterministic by index (seconds are the 6th field, croniter's convention):
+
+- ``burst``  0.2 %  ``* * * * *``        every minute at second 0: all of them at the same second
+- ``minute`` 2 %    ``* * * * * S``      every minute at second S, S spread over 0..49
+- ``hourly`` 17.8 % ``M * * * * S``      once an hour
+- ``daily``  80 %   ``M H * * * S``      once a day
+
+(``--mix burst`` makes every schedule ``* * * * *``: the worst case, all ticks at one second.)
+No tick falls in seconds 50..59 of a minute, so the leader's CPU share is read there, "idle
+between ticks" (runs last 0.7 s in the emulator). The window is two whole minutes; then:
+
+- tick -> Job created: per tick, from the emulator's creation log (``atUnix``, precise), for
+  every tick of the window (a tick without a Job by the end of a grace period is "missing");
+- tick -> FireTick committed: the leader's ``slimsched_fire_lateness_seconds`` histogram over
+  the window (bucket-interpolated quantiles; "max <=" is the bucket bound).
+
+Run: ``.venv/bin/python -m bench.bench_firing [--sizes 1000,10000,100000] [--mix mix|burst]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import random
+import time
+from collections.abc import Sequence
+
+import aiohttp
+import orjson
+
+from bench._common import (
+    BENCH_JOB,
+    cluster,
+    cpu_seconds,
+    emulator_process,
+    histogram,
+    histogram_delta,
+    histogram_max_bound,
+    histogram_quantile,
+    metrics_text,
+    ms,
+    node_pid,
+    percentile,
+    say,
+    table,
+)
+from slimsched import cronplan
+from slimsched.jobmanifest import kube_job_name
+
+WINDOW_MINUTES = 2
+GRACE_SECONDS = 30.0
+QUIET_FROM = 52.0  # seconds of the minute: no tick is due in 50..59 and 0.7 s runs are over
+QUIET_TO = 59.5
+
+
+def mix_expr(i: int, rng: random.Random, mix: str) -> str:
+    if mix == "burst":
+        return "* * * * *"
+    r = i % 1000
+    s = rng.randrange(50)
+    if r < 2:
+        return "* * * * *"
+    if r < 22:
+        return f"* * * * * {s}"
+    if r < 200:
+        return f"{rng.randrange(60)} * * * * {s}"
+    return f"{rng.randrange(60)} {rng.randrange(24)} * * * {s}"
+
+
+async def create_schedules(
+    urls: Sequence[str], exprs: Sequence[str], clients: int = 64
+) -> tuple[list[tuple[str, str]], float, int]:
+    """POST every expression (clients spread over ``urls``); ([(id, expr)], seconds, errors)."""
+    created: list[tuple[str, str]] = []
+    errors = 0
+    next_index = 0
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as s:
+
+        async def client(k: int) -> None:
+            nonlocal errors, next_index
+            url = f"{urls[k % len(urls)]}/job-schedules/{BENCH_JOB}"
+            while next_index < len(exprs):
+                expr = exprs[next_index]
+                next_index += 1
+                for _attempt in range(5):
+                    try:
+                        async with s.post(url, data=orjson.dumps({"Schedule": expr, "Args": ["1"]})) as r:
+                            body = await r.read()
+                            if r.status == 201:
+                                created.append((orjson.loads(body)["Id"], expr))
+                                break
+                    except (aiohttp.ClientError, TimeoutError):
+                        pass
+                    errors += 1
+                    await asyncio.sleep(0.2)
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        return created, time.monotonic() - t0, errors
+
+
+def expected_ticks(schedules: Sequence[tuple[str, str]], w0: int, w1: int) -> dict[str, tuple[int, str]]:
+    """Kubernetes Job name -> (tick, schedule id) for every tick in [w0, w1)."""
+    out: dict[str, tuple[int, str]] = {}
+    for sid, expr in schedules:
+        tick = cronplan.next_fire(expr, "UTC", w0 - 1)
+        while tick < w1:
+            out[kube_job_name(BENCH_JOB, f"{sid}-{tick}")] = (tick, sid)
+            tick = cronplan.next_fire(expr, "UTC", tick)
+    return out
+
+
+def creations(emulator_url: str) -> list[dict[str, object]]:
+    import urllib.request
+
+    with urllib.request.urlopen(emulator_url + "/_emulator/creations", timeout=60) as r:
+        items: list[dict[str, object]] = orjson.loads(r.read())["items"]
+        return items
+
+
+def sleep_until(t: float) -> None:
+    delay = t - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def run_size(n: int, mix: str, seed: int) -> list[object]:
+    rng = random.Random(seed)
+    exprs = [mix_expr(i, rng, mix) for i in range(n)]
+    with emulator_process() as (emu_url, emu_pid), cluster(kube_url=emu_url) as c:
+        term0 = (c.status(c.wait_leader()) or {}).get("Term")
+        say(f"[{n}] creating {n} schedules ({mix}) ...")
+        created, seconds, errors = asyncio.run(create_schedules([x.url for x in c.nodes], exprs))
+        leader = c.wait_leader()
+        leader_pid = node_pid(c, leader)
+        term1 = (c.status(leader) or {}).get("Term")
+        say(
+            f"[{n}] created {len(created)} in {seconds:.1f} s ({len(created) / seconds:.0f}/s), {errors} "
+            f"retries; Raft term {term0} -> {term1} while creating"
+        )
+        # The window: the next whole minute at least 20 s away, for WINDOW_MINUTES minutes.
+        w0 = (int(time.time()) // 60 + 1) * 60
+        if w0 - time.time() < 20 + n / 5000:  # time to list the window's ticks first
+            w0 += 60
+        w1 = w0 + 60 * WINDOW_MINUTES
+        expected = expected_ticks(created, w0, w1)
+        say(f"[{n}] window {w0}..{w1}: {len(expected)} ticks expected; waiting for it ...")
+        sleep_until(w0 - 0.5)
+        m_before = histogram(metrics_text(c.nodes[leader].url), "slimsched_fire_lateness_seconds")
+        d_before = histogram(metrics_text(c.nodes[leader].url), "slimsched_dispatch_lateness_seconds")
+        cpu0, emu0 = cpu_seconds(leader_pid), cpu_seconds(emu_pid)
+        idle_cpu, idle_wall = 0.0, 0.0
+        for minute in range(WINDOW_MINUTES):
+            sleep_until(w0 + 60 * minute + QUIET_FROM)
+            a, ta = cpu_seconds(leader_pid), time.monotonic()
+            sleep_until(w0 + 60 * minute + QUIET_TO)
+            idle_cpu += cpu_seconds(leader_pid) - a
+            idle_wall += time.monotonic() - ta
+        window_cpu = (cpu_seconds(leader_pid) - cpu0) / (time.time() - w0 + 0.5)
+        emu_cpu = (cpu_seconds(emu_pid) - emu0) / (time.time() - w0 + 0.5)
+        m_after = histogram(metrics_text(c.nodes[leader].url), "slimsched_fire_lateness_seconds")
+        d_after = histogram(metrics_text(c.nodes[leader].url), "slimsched_dispatch_lateness_seconds")
+        # Jobs of the window: wait for the stragglers, within a grace period.
+        deadline = time.monotonic() + GRACE_SECONDS
+        while True:
+            made = {
+                str(x["name"]): float(x["atUnix"])  # type: ignore[arg-type]
+                for x in creations(emu_url)
+                if x["outcome"] == "created" and x["name"] in expected
+            }
+            if len(made) == len(expected) or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        term2 = (c.status(leader) or {}).get("Term")
+    lat = [at - expected[name][0] for name, at in made.items()]
+    missing = len(expected) - len(made)
+    fire = histogram_delta(m_after, m_before)
+    disp = histogram_delta(d_after, d_before)
+    p99 = ms(histogram_quantile(disp, 0.99))
+    say(f"[{n}] leader term {term1} -> {term2}; dispatch histogram p99 {p99} ms")
+    return [
+        n,
+        mix,
+        f"{len(created) / seconds:.0f}",
+        len(expected),
+        missing,
+        ms(percentile(lat, 50)),
+        ms(percentile(lat, 99)),
+        ms(max(lat) if lat else math.nan) + (" (+missing)" if missing else ""),
+        ms(histogram_quantile(fire, 0.5)),
+        ms(histogram_quantile(fire, 0.99)),
+        "<= " + ms(histogram_max_bound(fire)),
+        f"{idle_cpu / idle_wall * 100:.1f}" if idle_wall else "-",
+        f"{window_cpu * 100:.0f}",
+        f"{emu_cpu * 100:.0f}",
+        f"{term1 - term0}" if isinstance(term0, int) and isinstance(term1, int) else "?",
+        "yes" if term1 == term2 else "NO",
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--mix", choices=("mix", "burst"), default="mix")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    rows = [run_size(int(n), args.mix, args.seed) for n in args.sizes.split(",")]
+    print(
+        f"\nWindow: {WINDOW_MINUTES} whole minutes per size; idle CPU read in seconds "
+        f"{QUIET_FROM:g}-{QUIET_TO:g} of each minute (no tick due); emulator runs last 0.7 s.\n"
+    )
+    print(
+        table(
+            [
+                "schedules",
+                "mix",
+                "created/s",
+                "ticks in window",
+                "missing",
+                "tick->Job p50 ms",
+                "tick->Job p99 ms",
+                "tick->Job max ms",
+                "tick->FireTick p50 ms",
+                "tick->FireTick p99 ms",
+                "tick->FireTick max ms",
+                "leader CPU % idle between ticks",
+                "leader CPU % whole window",
+                "emulator CPU % whole window",
+                "elections while creating",
+                "same leader in window",
+            ],
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

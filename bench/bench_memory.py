@@ -1,0 +1,143 @@
+"""RSS of a slimsched node idle, and per schedule with 100,000 schedules.
+
+1. What importing costs: RSS of a bare interpreter, then after importing each heavy dependency
+   and the node module (each in a fresh process).
+2. A 3-node cluster (no Kubernetes: ``SLIMSCHED_KUBE_MODE=none``): RSS of each node idle, then
+   after 100,000 schedules created through the API (64 clients spread over the nodes; daily
+   expressions ``M H * * *`` with one Arg) and a settling pause: (after - idle) / 100,000.
+3. The replicated state alone: tracemalloc of a ``State`` fed the same 100,000
+   ``create_schedule`` commands through ``statemachine.apply`` in this process.
+
+Run: ``.venv/bin/python -m bench.bench_memory [--schedules 100000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import subprocess
+import sys
+import time
+import tracemalloc
+import uuid
+
+from bench._common import BENCH_JOB, cluster, node_pid, rss_bytes, say, table
+from bench.bench_firing import create_schedules
+from slimsched import codec, jobconfig, statemachine
+from slimsched.model import Schedule
+
+MIB = 1024 * 1024
+IMPORT_STEPS = (
+    ("bare interpreter", ""),
+    ("+ asyncio, orjson", "import asyncio, orjson"),
+    ("+ pysyncobj", "import pysyncobj"),
+    ("+ aiohttp", "import aiohttp.web"),
+    ("+ croniter, prometheus_client", "import croniter, prometheus_client"),
+    ("+ kubernetes client", "import kubernetes.client"),
+    ("+ slimsched.node (all of the above)", "import slimsched.node"),
+)
+
+
+def import_rss() -> list[list[object]]:
+    rows: list[list[object]] = []
+    code = ""
+    for label, stmt in IMPORT_STEPS:
+        code = f"{code}; {stmt}" if stmt else code
+        script = (
+            f"{code.lstrip('; ')}\n" if code else ""
+        ) + "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])"
+        cmd = [sys.executable, "-c", script]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60)
+        rows.append([label, f"{int(out.stdout.strip()) / 1024:.1f}"])
+    return rows
+
+
+def exprs(n: int, seed: int = 3) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{rng.randrange(60)} {rng.randrange(24)} * * *" for _ in range(n)]
+
+
+def state_bytes_per_schedule(n: int) -> float:
+    """tracemalloc bytes per schedule of the replicated State fed n create_schedule commands."""
+    req = jobconfig.parse_schedule_request({"Schedule": "0 0 * * *", "Args": ["1"]})
+    payloads = []
+    for expr in exprs(n):
+        sched = Schedule(
+            id=uuid.uuid4().hex,
+            job_name=BENCH_JOB,
+            cron=expr,
+            overrides=req.overrides,
+            time_zone=req.time_zone,
+            concurrency_policy=req.concurrency_policy,
+            starting_deadline_seconds=req.starting_deadline_seconds,
+            paused=req.paused,
+            created_at_ms=int(time.time() * 1000),
+        )
+        payloads.append(
+            statemachine.encode_command(
+                "create_schedule", rid=uuid.uuid4().hex, schedule=codec.schedule_to_dict(sched)
+            )
+        )
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    state = statemachine.State()
+    for p in payloads:
+        statemachine.apply(state, p)
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - base
+    recent = len(state.recent)
+    tracemalloc.stop()
+    say(f"state: {len(state.schedules)} schedules, {recent} remembered request ids")
+    return used / n
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schedules", type=int, default=100_000)
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait before reading RSS")
+    args = parser.parse_args(argv)
+    n = args.schedules
+
+    imports = import_rss()
+    rows: list[list[object]] = []
+    with cluster() as c:
+        leader = c.wait_leader()
+        pids = {i: node_pid(c, i) for i in range(len(c.nodes))}
+        time.sleep(args.settle)
+        idle = {i: rss_bytes(p) for i, p in pids.items()}
+        say(f"idle RSS MiB: { {i: round(v / MIB, 1) for i, v in idle.items()} }")
+        created, seconds, errors = asyncio.run(create_schedules([x.url for x in c.nodes], exprs(n)))
+        say(f"created {len(created)} schedules in {seconds:.0f} s ({errors} retries)")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            sts = [c.status(i) for i in range(len(c.nodes))]
+            if all(s is not None and s.get("Schedules") == len(created) for s in sts):
+                break
+            time.sleep(1)
+        time.sleep(args.settle)
+        full = {i: rss_bytes(p) for i, p in pids.items()}
+        for i in range(len(c.nodes)):
+            rows.append(
+                [
+                    f"node {i} ({'leader' if i == leader else 'follower'})",
+                    f"{idle[i] / MIB:.1f}",
+                    f"{full[i] / MIB:.1f}",
+                    f"{(full[i] - idle[i]) / len(created):.0f}",
+                ]
+            )
+    state_bps = state_bytes_per_schedule(n)
+    print("\nRSS after imports (fresh process each):\n")
+    print(table(["process", "RSS MiB"], imports))
+    print(f"\n3-node cluster, SLIMSCHED_KUBE_MODE=none, {len(created)} schedules created via the API.\n")
+    print(table(["node", "idle RSS MiB", f"RSS with {len(created)} schedules MiB", "bytes/schedule"], rows))
+    print(
+        f"\nReplicated State alone (tracemalloc, {n} create_schedule commands): "
+        f"{state_bps:.0f} bytes per schedule"
+    )
+
+
+if __name__ == "__main__":
+    main()

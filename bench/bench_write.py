@@ -1,0 +1,323 @@
+"""API write path on a 3-node local cluster, next to raw pysyncobj with the same settings.
+
+For ``POST /job-schedules/{name}`` and ``POST /job/{name}``, with 1, 24 and 64 concurrent
+closed-loop clients (aiohttp, keep-alive), sent either all to the leader or spread round-robin
+over the 3 nodes (followers forward to the leader through pysyncobj): throughput, p50/p99
+latency, and the CPU share of each process. The anchor is a raw pysyncobj 3-process cluster
+with the same ``SyncObjConf`` as ``slimsched/raft.py`` whose clients, in the leader process,
+commit payloads of the same size as slimsched's command, with the same concurrency.
+
+Run: ``.venv/bin/python -m bench.bench_write [--seconds 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import aiohttp
+import orjson
+
+from bench._common import (
+    BENCH_JOB,
+    BENCH_JOBS_CONFIGURATION,
+    cluster,
+    cpu_seconds,
+    ms,
+    node_pid,
+    percentile,
+    say,
+    table,
+)
+from slimsched import codec, jobconfig
+from slimsched.jobmanifest import kube_job_name
+from slimsched.localcluster import LocalCluster, free_ports
+from slimsched.model import Run, RunStatus, Schedule
+from slimsched.statemachine import encode_command
+
+CLIENTS = (1, 24, 64)
+SCHEDULE_BODY = {"Schedule": "0 0 * * *", "Args": ["42"]}
+JOB_BODY = {"Args": ["42"]}
+
+
+def command_sizes() -> dict[str, int]:
+    """Bytes of the Raft command each endpoint proposes for the bodies above (as api.py builds it)."""
+    jobs = jobconfig.parse_jobs_configuration(BENCH_JOBS_CONFIGURATION)
+    req = jobconfig.parse_schedule_request(SCHEDULE_BODY)
+    sched = Schedule(
+        id=uuid.uuid4().hex,
+        job_name=BENCH_JOB,
+        cron=req.schedule,
+        overrides=req.overrides,
+        time_zone=req.time_zone,
+        concurrency_policy=req.concurrency_policy,
+        starting_deadline_seconds=req.starting_deadline_seconds,
+        paused=req.paused,
+        created_at_ms=int(time.time() * 1000),
+    )
+    run_id = uuid.uuid4().hex
+    run = Run(
+        id=run_id,
+        job_name=BENCH_JOB,
+        spec=jobconfig.merge(jobs.job(BENCH_JOB), jobconfig.parse_overrides(JOB_BODY)),
+        status=RunStatus.QUEUED,
+        queued_at_ms=int(time.time() * 1000),
+        kube_name=kube_job_name(BENCH_JOB, run_id),
+    )
+    return {
+        "schedule": len(
+            encode_command("create_schedule", rid=uuid.uuid4().hex, schedule=codec.schedule_to_dict(sched))
+        ),
+        "job": len(encode_command("enqueue_run", rid=uuid.uuid4().hex, run=codec.run_to_dict(run))),
+    }
+
+
+# -- raw pysyncobj anchor --------------------------------------------------------------------------
+
+
+@dataclass
+class RawNode:
+    proc: subprocess.Popen[bytes]
+
+    def ask(self, line: str) -> Any:
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(line.encode() + b"\n")
+        stdin.flush()
+        return orjson.loads(_readline(stdout, 120.0))
+
+
+def _readline(stream: IO[bytes], timeout: float) -> bytes:
+    import selectors
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise TimeoutError("the raw pysyncobj node did not answer in time")
+    return stream.readline()
+
+
+@contextlib.contextmanager
+def raw_cluster(n: int = 3) -> Iterator[RawNode]:
+    """Start n raw pysyncobj processes; yield the leader once all agree on it; stop them by PID."""
+    ports = free_ports(n)
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-raw-raft-") as base:
+        try:
+            for i, address in enumerate(addresses):
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "bench._raw_pysyncobj",
+                            "--self",
+                            address,
+                            "--peers",
+                            ",".join(addresses),
+                            "--data-dir",
+                            os.path.join(base, f"node-{i}"),
+                        ],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                    )
+                )
+            nodes = [RawNode(p) for p in procs]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                answers = [node.ask("leader") for node in nodes]
+                leaders = {a["leader"] for a in answers}
+                if len(leaders) == 1 and None not in leaders:
+                    (address,) = leaders
+                    yield nodes[addresses.index(address)]
+                    break
+                time.sleep(0.1)
+            else:
+                raise TimeoutError("the raw pysyncobj cluster elected no leader in 30 s")
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    with contextlib.suppress(OSError):
+                        assert p.stdin is not None
+                        p.stdin.write(b"quit\n")
+                        p.stdin.flush()
+            for p in procs:
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    os.kill(p.pid, signal.SIGKILL)
+                    p.wait(5)
+
+
+@dataclass
+class Figures:
+    throughput: float
+    p50: float
+    p99: float
+    done: int
+    errors: int
+    cpu: dict[str, float]
+
+
+def raw_load(leader: RawNode, clients: int, seconds: float, size: int) -> Figures:
+    leader.ask(f"load {clients} 1.0 {size}")  # warm-up
+    r = leader.ask(f"load {clients} {seconds} {size}")
+    lat: list[float] = r["lat"]
+    throughput = len(lat) / r["seconds"]
+    return Figures(throughput, percentile(lat, 50), percentile(lat, 99), len(lat), r["errors"], {})
+
+
+# -- slimsched over HTTP -------------------------------------------------------------------------
+
+
+async def http_load(
+    urls: Sequence[str], path: str, body: dict[str, Any], clients: int, seconds: float, expect: int
+) -> tuple[list[float], int, float]:
+    """``clients`` closed loops, client i sending to ``urls[i % len(urls)]``; (latencies, errors, s)."""
+    data = orjson.dumps(body)
+    headers = {"Content-Type": "application/json"}
+    lat: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def client(i: int, end: float) -> None:
+            nonlocal errors
+            url = urls[i % len(urls)] + path
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url, data=data, headers=headers) as resp:
+                        await resp.read()
+                        ok = resp.status == expect
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+                if ok:
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        # Warm-up: open the keep-alive connections, then measure.
+        warm_end = time.perf_counter() + 1.0
+        await asyncio.gather(*(client(i, warm_end) for i in range(clients)))
+        lat.clear()
+        errors = 0
+        start = time.perf_counter()
+        await asyncio.gather(*(client(i, start + seconds) for i in range(clients)))
+        elapsed = time.perf_counter() - start
+    return lat, errors, elapsed
+
+
+def slimsched_load(
+    c: LocalCluster, leader: int, endpoint: str, spread: bool, clients: int, seconds: float
+) -> Figures:
+    path, body, expect = (
+        (f"/job-schedules/{BENCH_JOB}", SCHEDULE_BODY, 201)
+        if endpoint == "schedule"
+        else (f"/job/{BENCH_JOB}", JOB_BODY, 202)
+    )
+    urls = [n.url for n in c.nodes] if spread else [c.nodes[leader].url]
+    pids = {"leader": node_pid(c, leader)}
+    for n in c.nodes:
+        if n.index != leader:
+            pids[f"follower{len(pids)}"] = node_pid(c, n.index)
+    pids["client"] = os.getpid()
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    t0 = time.monotonic()
+    lat, errors, elapsed = asyncio.run(http_load(urls, path, body, clients, seconds, expect))
+    wall = time.monotonic() - t0
+    cpu = {k: (cpu_seconds(p) - before[k]) / wall for k, p in pids.items()}
+    return Figures(len(lat) / elapsed, percentile(lat, 50), percentile(lat, 99), len(lat), errors, cpu)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row")
+    args = parser.parse_args(argv)
+    sizes = command_sizes()
+    say(f"Raft command sizes (bytes): {sizes}")
+
+    raw: dict[tuple[str, int], Figures] = {}
+    say("raw pysyncobj anchor ...")
+    with raw_cluster() as leader_node:
+        for endpoint, size in sizes.items():
+            for clients in CLIENTS:
+                raw[(endpoint, clients)] = raw_load(leader_node, clients, args.seconds, size)
+                f = raw[(endpoint, clients)]
+                say(f"  raw {endpoint} {size} B x{clients}: {f.throughput:.0f}/s p99 {ms(f.p99)} ms")
+
+    rows: list[list[object]] = []
+    for endpoint in sizes:
+        # A fresh cluster per endpoint, so that the state each one grows does not weigh on the other.
+        with cluster() as c:
+            leader = c.wait_leader()
+            for spread in (False, True):
+                for clients in CLIENTS:
+                    say(f"slimsched {endpoint} spread={spread} x{clients} ...")
+                    f = slimsched_load(c, leader, endpoint, spread, clients, args.seconds)
+                    r = raw[(endpoint, clients)]
+                    others = sum(v for k, v in f.cpu.items() if k.startswith("follower"))
+                    rows.append(
+                        [
+                            f"POST /{'job-schedules' if endpoint == 'schedule' else 'job'}/{{name}}",
+                            "3 nodes" if spread else "leader",
+                            clients,
+                            f"{f.throughput:.0f}",
+                            ms(f.p50),
+                            ms(f.p99),
+                            f.errors,
+                            f"{r.throughput:.0f}",
+                            ms(r.p50),
+                            ms(r.p99),
+                            f"{f.throughput / r.throughput:.2f}",
+                            f"{f.cpu['leader'] * 100:.0f}",
+                            f"{others * 100:.0f}",
+                            f"{f.cpu['client'] * 100:.0f}",
+                        ]
+                    )
+                    say("  " + " | ".join(str(x) for x in rows[-1]))
+            sched_count = c.status(leader)
+            say(f"  state after the {endpoint} rows: {sched_count}")
+    print(
+        f"\nRaft command bytes: schedule {sizes['schedule']}, job {sizes['job']}; "
+        f"{args.seconds:g} s measured per row after 1 s of warm-up; 2-core machine, clients in the "
+        "bench process.\n"
+    )
+    print(
+        table(
+            [
+                "endpoint",
+                "sent to",
+                "clients",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "errors",
+                "raw cmd/s",
+                "raw p50 ms",
+                "raw p99 ms",
+                "ratio",
+                "leader CPU %",
+                "followers CPU %",
+                "client CPU %",
+            ],
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
