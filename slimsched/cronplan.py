@@ -4,8 +4,10 @@ Expressions are croniter's: 5 fields, or 6 with seconds as the LAST field (``* *
 names (JAN, MON), ranges, steps, lists and ``@hourly``-style macros. Ticks are whole epoch
 seconds. Each schedule has an IANA time zone; fire times are computed on the zone's wall clock
 (croniter over a zone-aware datetime), so ``0 2 * * *`` in Europe/Paris is 02:00 local time in
-both winter and summer. DST rule: a wall time skipped by a spring-forward transition does not
-fire that day; a wall time repeated by a fall-back transition fires once, at its first instance.
+both winter and summer. DST rule (Vixie cron's): a wall time skipped by a spring-forward
+transition fires at the first instant after the gap (02:30 fires at 03:00 that day); a wall time
+repeated by a fall-back transition fires once, at its first instance, for expressions with fixed
+hours, while expressions over every hour (``*/30 * * * *``) fire at every real instant.
 """
 
 from __future__ import annotations
@@ -51,17 +53,36 @@ def validate(expr: str, time_zone: str = "UTC") -> None:
         raise BadRequest("invalid_cron", f"Schedule {expr!r} is not a valid cron expression: {e}") from e
 
 
-@lru_cache(maxsize=4096)  # pure: schedules sharing an expression share the answer for one second
+@lru_cache(maxsize=1024)
+def _fixed_hour(expr: str) -> bool:
+    """Whether the expression names its hours (``30 2 * * *``) rather than every hour or a step."""
+    stripped = expr.strip().lower()
+    if stripped.startswith("@"):
+        return stripped != "@hourly"
+    fields = stripped.split()
+    return len(fields) >= 2 and "*" not in fields[1] and "/" not in fields[1]
+
+
+def _repeated_wall_time(expr: str, tick: int, tz: ZoneInfo) -> bool:
+    """A fixed-hour tick at the second occurrence of a wall time repeated by a DST fall-back."""
+    return _fixed_hour(expr) and datetime.fromtimestamp(tick, tz=tz).fold == 1
+
+
+@lru_cache(maxsize=4096)  # pure: schedules sharing an expression share the answer
 def next_fire(expr: str, time_zone: str, after: int) -> int:
     """The first tick strictly after ``after`` (epoch seconds)."""
-    start = datetime.fromtimestamp(after, tz=zone(time_zone))
+    tz = zone(time_zone)
     try:
-        nxt = croniter(expr.strip(), start).get_next(datetime)
+        it = croniter(expr.strip(), datetime.fromtimestamp(after, tz=tz))
+        for _ in range(8):  # at most a few repeated instants in a row
+            tick = int(it.get_next(datetime).timestamp())
+            if not _repeated_wall_time(expr, tick, tz):
+                return tick
     except CroniterBadDateError as e:
         raise ValueError(f"{expr!r} never fires again after {after}") from e
     except CroniterBadCronError as e:
         raise ValueError(str(e)) from e
-    return int(nxt.timestamp())
+    return tick
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,9 @@ def plan(
     newest ones, so a long outage is reported without a storm of records).
     """
     cursor = last_handled if last_handled is not None else created_at
+    first = next_fire(expr, time_zone, cursor)  # cached: schedules often share (expr, cursor)
+    if first > now:
+        return TickPlan(due=None, missed=(), next_tick=first)
     newest_first: list[int] = []
     it = croniter(expr.strip(), datetime.fromtimestamp(now + 1, tz=zone(time_zone)))
     # Walk back from now: bounded by the number of ticks we list, however long the outage was.
@@ -99,7 +123,8 @@ def plan(
             break
         if tick <= cursor:
             break
-        newest_first.append(tick)
+        if not _repeated_wall_time(expr, tick, zone(time_zone)):
+            newest_first.append(tick)
     pending = newest_first[::-1]
     next_tick = next_fire(expr, time_zone, now)
     if not pending:

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 _SCHEDULE_COMMANDS = frozenset({"create_schedule", "delete_schedule", "set_paused", "restore"})
 _RUN_COMMANDS = frozenset({"enqueue_run", "fire_tick", "run_status", "cancel_run", "start_dispatch"})
 STOP_DEADLINE_SECONDS = 5.0
+REFRESH_CHUNK = 2000
 
 
 @dataclass(frozen=True)
@@ -261,37 +262,47 @@ class Leader:
             log.warning("schedule %s has an expression that never fires: %r", s.id, s.cron)
             return None
 
-    def _refresh(self, sids: Iterable[str] | None, now: int) -> list[_Due]:
-        """Recompute heap entries (all when ``sids`` is None); return schedules with work now."""
+    async def _refresh(self, sids: Iterable[str] | None, now: int) -> list[_Due]:
+        """Recompute heap entries (all when ``sids`` is None); return schedules with work now.
 
-        def read(state: State) -> list[_Due]:
-            ids = list(state.schedules) if sids is None else [i for i in sids if i in state.schedules]
-            return [
-                _Due(
-                    state.schedules[i],
-                    state.last_fired.get(i),
-                    tuple(r for r in state.runs_of(state.schedules[i].job_name) if r.schedule_id == i)
-                    if state.schedules[i].concurrency_policy is not ConcurrencyPolicy.ALLOW
-                    else (),
-                )
-                for i in ids
-            ]
-
+        Works in chunks that yield to the event loop, so a leader of 100,000 schedules keeps
+        answering (and its Raft thread keeps the lock) while it plans them all.
+        """
         if sids is None:
+            ids = self.raft.read(lambda st: list(st.schedules))
             self._next.clear()
             self._heap.clear()
         else:
-            for sid in sids:
+            ids = list(sids)
+            for sid in ids:
                 self._next.pop(sid, None)
         work: list[_Due] = []
-        for due in self.raft.read(read):
-            plan = self._plan_for(due.schedule, due.last_fired, now)
-            if plan is None:
-                continue
-            if plan.due is not None or plan.missed:
-                work.append(_Due(due.schedule, due.last_fired, due.active_runs, plan))
-            self._next[due.schedule.id] = plan.next_tick
-            heapq.heappush(self._heap, (plan.next_tick, due.schedule.id))
+        for start in range(0, len(ids), REFRESH_CHUNK):
+            chunk = ids[start : start + REFRESH_CHUNK]
+
+            def read(state: State, chunk: list[str] = chunk) -> list[_Due]:
+                return [
+                    _Due(
+                        state.schedules[i],
+                        state.last_fired.get(i),
+                        tuple(r for r in state.runs_of(state.schedules[i].job_name) if r.schedule_id == i)
+                        if state.schedules[i].concurrency_policy is not ConcurrencyPolicy.ALLOW
+                        else (),
+                    )
+                    for i in chunk
+                    if i in state.schedules
+                ]
+
+            for due in self.raft.read(read):
+                plan = self._plan_for(due.schedule, due.last_fired, now)
+                if plan is None:
+                    continue
+                if plan.due is not None or plan.missed:
+                    work.append(_Due(due.schedule, due.last_fired, due.active_runs, plan))
+                self._next[due.schedule.id] = plan.next_tick
+                heapq.heappush(self._heap, (plan.next_tick, due.schedule.id))
+            if len(ids) > REFRESH_CHUNK:
+                await asyncio.sleep(0)
         if len(self._heap) > 4 * max(len(self._next), 1024):
             self._heap = [(t, i) for i, t in self._next.items()]
             heapq.heapify(self._heap)
@@ -304,7 +315,7 @@ class Leader:
             if self._rebuild:
                 self._rebuild = False
                 self._touched.clear()
-                work = self._refresh(None, now)
+                work = await self._refresh(None, now)
             else:
                 due_ids = set(self._touched)
                 self._touched.clear()
@@ -312,7 +323,7 @@ class Leader:
                     tick, sid = heapq.heappop(self._heap)
                     if self._next.get(sid) == tick:
                         due_ids.add(sid)
-                work = self._refresh(due_ids, now) if due_ids else []
+                work = await self._refresh(due_ids, now) if due_ids else []
             if work:
                 await asyncio.gather(*(self._fire(d, now, sem) for d in work))
                 # Fired ticks advanced last_fired: recompute those schedules' next ticks.
@@ -401,13 +412,11 @@ class Leader:
         """Start what the limits allow; True if some run waits on a dependency."""
 
         def read(state: State) -> list[tuple[str, list[Run], int]]:
-            out = []
-            for job_name, run_ids in state.job_runs.items():
-                runs = [state.runs[i] for i in run_ids]
-                queued = [r for r in runs if r.status is RunStatus.QUEUED]
-                if queued:
-                    out.append((job_name, queued, sum(1 for r in runs if r.status.active)))
-            return out
+            # The state's per-job indexes: cost follows the queued runs, not every run kept.
+            return [
+                (job_name, [state.runs[i] for i in run_ids], state.active.get(job_name, 0))
+                for job_name, run_ids in state.queued.items()
+            ]
 
         jobs = self.raft.read(read)
         self.metrics.queue_depth.set(sum(len(q) for _, q, _ in jobs))

@@ -68,9 +68,12 @@ class State:
     runs: dict[str, Run] = field(default_factory=dict)
     ledger: dict[str, tuple[TickRecord, ...]] = field(default_factory=dict)
     recent: OrderedDict[str, Result] = field(default_factory=OrderedDict)
-    # Derived indexes, rebuilt on decode; never part of a snapshot.
+    # Derived indexes, kept by _put_run/_drop_run and rebuilt on decode; never in a snapshot.
     job_schedules: dict[str, dict[str, None]] = field(default_factory=dict)
     job_runs: dict[str, dict[str, None]] = field(default_factory=dict)
+    queued: dict[str, dict[str, None]] = field(default_factory=dict)  # per job, FIFO
+    active: dict[str, int] = field(default_factory=dict)  # per job: what NumberParallelJob counts
+    finished: dict[str, int] = field(default_factory=dict)  # per job: terminal runs kept
 
     def copy(self) -> State:
         """A consistent copy cheap enough to take inside the Raft thread."""
@@ -82,6 +85,9 @@ class State:
             recent=self.recent.copy(),
             job_schedules={k: v.copy() for k, v in self.job_schedules.items()},
             job_runs={k: v.copy() for k, v in self.job_runs.items()},
+            queued={k: v.copy() for k, v in self.queued.items()},
+            active=self.active.copy(),
+            finished=self.finished.copy(),
         )
 
     # -- reads used by the API and the leader loops ----------------------------------------------
@@ -93,7 +99,52 @@ class State:
         return [self.runs[i] for i in self.job_runs.get(job_name, {})]
 
     def queue_of(self, job_name: str) -> list[Run]:
-        return [r for r in self.runs_of(job_name) if r.status is RunStatus.QUEUED]
+        return [self.runs[i] for i in self.queued.get(job_name, {})]
+
+
+def _count(counts: dict[str, int], key: str, delta: int) -> None:
+    value = counts.get(key, 0) + delta
+    if value:
+        counts[key] = value
+    else:
+        counts.pop(key, None)
+
+
+def _index(state: State, run: Run, sign: int) -> None:
+    """Add (sign=1) or remove (sign=-1) ``run`` from the per-job status indexes."""
+    job = run.job_name
+    if run.status is RunStatus.QUEUED:
+        if sign > 0:
+            state.queued.setdefault(job, {})[run.id] = None
+        else:
+            queue = state.queued.get(job, {})
+            queue.pop(run.id, None)
+            if not queue:
+                state.queued.pop(job, None)
+    elif run.status.active:
+        _count(state.active, job, sign)
+    elif run.status.terminal:
+        _count(state.finished, job, sign)
+
+
+def _put_run(state: State, run: Run) -> None:
+    """Insert or replace a run, keeping every derived index right."""
+    old = state.runs.get(run.id)
+    if old is not None:
+        _index(state, old, -1)
+    else:
+        state.job_runs.setdefault(run.job_name, {})[run.id] = None
+    state.runs[run.id] = run
+    _index(state, run, 1)
+
+
+def _drop_run(state: State, run_id: str) -> None:
+    run = state.runs.pop(run_id)
+    _index(state, run, -1)
+    ids = state.job_runs.get(run.job_name, {})
+    ids.pop(run_id, None)
+    if not ids:
+        state.job_runs.pop(run.job_name, None)
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -151,17 +202,18 @@ def _set_paused(state: State, cmd: dict[str, Any]) -> Result:
 
 
 def _add_run(state: State, run: Run) -> None:
-    state.runs[run.id] = run
-    state.job_runs.setdefault(run.job_name, {})[run.id] = None
+    _put_run(state, run)
     _prune_finished(state, run.job_name)
 
 
 def _prune_finished(state: State, job_name: str) -> None:
-    ids = state.job_runs.get(job_name, {})
-    finished = [i for i in ids if state.runs[i].status.terminal]
-    for run_id in finished[: max(0, len(finished) - FINISHED_RUNS_PER_JOB)]:
-        del ids[run_id]
-        del state.runs[run_id]
+    """Forget the oldest finished runs of a job beyond the ones kept; scans only when needed."""
+    excess = state.finished.get(job_name, 0) - FINISHED_RUNS_PER_JOB
+    if excess <= 0:
+        return
+    oldest = [i for i in state.job_runs.get(job_name, {}) if state.runs[i].status.terminal][:excess]
+    for run_id in oldest:
+        _drop_run(state, run_id)
 
 
 def _enqueue_run(state: State, cmd: dict[str, Any]) -> Result:
@@ -180,8 +232,9 @@ def _cancel_run(state: State, cmd: dict[str, Any]) -> Result:
         return error("not_found", f"no run {cmd['run_id']} for job {cmd['job_name']}")
     previous = run.status
     if not previous.terminal:
-        state.runs[run.id] = replace(
-            run, status=RunStatus.CANCELED, finished_at_ms=int(cmd["at"]), reason="DeletedByApi"
+        _put_run(
+            state,
+            replace(run, status=RunStatus.CANCELED, finished_at_ms=int(cmd["at"]), reason="DeletedByApi"),
         )
     return Result("ok", value={"Id": run.id, "PreviousStatus": previous.value, "KubeName": run.kube_name})
 
@@ -236,11 +289,14 @@ def _start_dispatch(state: State, cmd: dict[str, Any]) -> Result:
         return error("not_found", f"no run {cmd['run_id']}")
     if run.status is not RunStatus.QUEUED:
         return error("conflict", f"run {run.id} is {run.status.value}, not Queued")
-    state.runs[run.id] = replace(
-        run,
-        status=RunStatus.DISPATCHING,
-        dispatch_term=int(cmd["term"]),
-        dispatch_index=int(cmd["index"]),
+    _put_run(
+        state,
+        replace(
+            run,
+            status=RunStatus.DISPATCHING,
+            dispatch_term=int(cmd["term"]),
+            dispatch_index=int(cmd["index"]),
+        ),
     )
     return OK
 
@@ -260,12 +316,15 @@ def _run_status(state: State, cmd: dict[str, Any]) -> Result:
     if status is RunStatus.QUEUED:
         return error("invalid", "a run cannot go back to Queued")
     at = int(cmd["at"])
-    state.runs[run.id] = replace(
-        run,
-        status=status,
-        started_at_ms=run.started_at_ms if run.started_at_ms is not None else at,
-        finished_at_ms=at if status.terminal else None,
-        reason=cmd.get("reason", run.reason),
+    _put_run(
+        state,
+        replace(
+            run,
+            status=status,
+            started_at_ms=run.started_at_ms if run.started_at_ms is not None else at,
+            finished_at_ms=at if status.terminal else None,
+            reason=cmd.get("reason", run.reason),
+        ),
     )
     if status.terminal:
         _prune_finished(state, run.job_name)
@@ -361,9 +420,7 @@ def snapshot_from_dict(d: dict[str, Any]) -> State:
         state.job_schedules.setdefault(sched.job_name, {})[sched.id] = None
     state.last_fired = {str(k): int(v) for k, v in d["last_fired"].items()}
     for r in d["runs"]:
-        run = codec.run_from_dict(r)
-        state.runs[run.id] = run
-        state.job_runs.setdefault(run.job_name, {})[run.id] = None
+        _put_run(state, codec.run_from_dict(r))
     state.ledger = {str(k): tuple(codec.tick_from_dict(t) for t in v) for k, v in d["ledger"].items()}
     state.recent = OrderedDict((str(k), Result.from_dict(v)) for k, v in d["recent"])
     return state

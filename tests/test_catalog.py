@@ -183,7 +183,8 @@ def test_leader_declares_configured_and_cronjob_schedules(
     cluster, _emulator = declared
 
     def schedules(job: str) -> list[dict[str, Any]]:
-        status, body = request(f"{cluster.nodes[2].url}/job-schedules/{job}")
+        node = next(n for n in reversed(cluster.nodes) if n.running)
+        status, body = request(f"{node.url}/job-schedules/{job}")
         assert status == 200, body
         return list(body)
 

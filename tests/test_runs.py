@@ -66,7 +66,7 @@ def test_requests_above_the_configuration_name_the_field(kc: KubeCluster) -> Non
 
 def test_logs_of_a_finished_run_and_streamed_logs_of_a_running_one(kc: KubeCluster) -> None:
     run_id = _trigger(kc, {"Args": ["42"]})
-    status, body = request(f"{kc.node_url(1)}/job/runner/{run_id}/logs")
+    status, body = request(f"{kc.node_url(0)}/job/runner/{run_id}/logs")  # the node that took it
     assert status in (409, 200)  # 409 while still queued: no pod yet
     wait_until(lambda: kc.run("runner", run_id)["Status"] == "Succeeded", 20, "the run to succeed")
     with urllib.request.urlopen(f"{kc.node_url(2)}/job/runner/{run_id}/logs", timeout=5) as resp:

@@ -296,3 +296,27 @@ def test_restore_applies_only_to_an_empty_state() -> None:
     again = apply(state, encode_command("restore", schedules=[_schedule("s10")], last_fired={}))
     assert again.code == "conflict"
     assert list(state.schedules) == ["s9"]
+
+
+def test_finished_runs_beyond_the_limit_are_pruned_oldest_first_and_indexes_stay_right() -> None:
+    state = State()
+    limit = statemachine.FINISHED_RUNS_PER_JOB
+    for i in range(limit + 30):
+        run = Run(
+            id=f"r{i}",
+            job_name="fib",
+            spec=JobSpec(image="i"),
+            status=RunStatus.QUEUED,
+            queued_at_ms=i,
+            kube_name="k",
+        )
+        assert apply(state, encode_command("enqueue_run", run=codec.run_to_dict(run))).ok
+    assert len(state.queued["fib"]) == limit + 30
+    for i in range(limit + 20):
+        apply(state, encode_command("start_dispatch", run_id=f"r{i}", term=1, index=i))
+        apply(state, encode_command("run_status", run_id=f"r{i}", status="Succeeded", at=i))
+    assert state.finished["fib"] == limit
+    assert "r0" not in state.runs and f"r{limit + 19}" in state.runs
+    assert [r.id for r in state.queue_of("fib")] == [f"r{i}" for i in range(limit + 20, limit + 30)]
+    assert "fib" not in state.active
+    assert decode_snapshot(encode_snapshot(state)) == state

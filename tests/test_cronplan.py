@@ -1,0 +1,149 @@
+"""Cron planning: validation, time zones and DST, due and missed ticks. Pure, time as a parameter."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slimsched import cronplan
+from slimsched.errors import BadRequest
+
+
+def ts(text: str, zone: str = "UTC") -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(zone)).timestamp())
+
+
+@pytest.mark.parametrize(
+    ("expr", "zone", "code"),
+    [
+        ("0 0 * * *", "UTC", None),
+        ("* * * * * */10", "UTC", None),
+        ("0 9 * JAN-MAR MON-FRI", "Europe/Paris", None),
+        ("@hourly", "UTC", None),
+        ("*/15 8-18 1,15 * *", "America/New_York", None),
+        ("* * *", "UTC", "invalid_cron"),
+        ("* * * * * * *", "UTC", "invalid_cron"),
+        ("61 * * * *", "UTC", "invalid_cron"),
+        ("a b c d e", "UTC", "invalid_cron"),
+        ("", "UTC", "invalid_cron"),
+        ("0 0 * * *", "Mars/Olympus", "invalid_time_zone"),
+        ("0 0 * * *", "Europe", "invalid_time_zone"),
+        ("0 0 * * *", "x" * 300, "invalid_time_zone"),
+    ],
+)
+def test_validate(expr: str, zone: str, code: str | None) -> None:
+    if code is None:
+        cronplan.validate(expr, zone)
+        return
+    with pytest.raises(BadRequest) as err:
+        cronplan.validate(expr, zone)
+    assert err.value.code == code and err.value.message
+
+
+@pytest.mark.parametrize(
+    ("expr", "zone", "after", "expected"),
+    [
+        ("0 0 * * *", "UTC", ts("2024-01-01T12:00:00"), ts("2024-01-02T00:00:00")),
+        ("* * * * * */10", "UTC", ts("2024-01-01T12:00:05"), ts("2024-01-01T12:00:10")),
+        ("0 9 * * *", "Europe/Paris", ts("2024-01-15T00:00:00"), ts("2024-01-15T08:00:00")),  # winter +1
+        ("0 9 * * *", "Europe/Paris", ts("2024-07-15T00:00:00"), ts("2024-07-15T07:00:00")),  # summer +2
+        # Spring forward in Paris (2024-03-31 02:00 -> 03:00): 02:30 does not exist, fires at 03:00.
+        ("30 2 * * *", "Europe/Paris", ts("2024-03-30T23:00:00"), ts("2024-03-31T01:00:00")),
+        # Fall back (2024-10-27 03:00 -> 02:00): 02:30 happens twice and fires once.
+        ("30 2 * * *", "Europe/Paris", ts("2024-10-26T23:00:00"), ts("2024-10-27T00:30:00")),
+    ],
+    ids=["daily", "seconds-field", "tz-winter", "tz-summer", "dst-spring-skip", "dst-fall-once"],
+)
+def test_next_fire(expr: str, zone: str, after: int, expected: int) -> None:
+    assert cronplan.next_fire(expr, zone, after) == expected
+
+
+def test_fall_back_fires_a_fixed_time_once_and_an_interval_at_every_instant() -> None:
+    first = cronplan.next_fire("30 2 * * *", "Europe/Paris", ts("2024-10-26T23:00:00"))
+    second = cronplan.next_fire("30 2 * * *", "Europe/Paris", first)
+    assert second - first == 25 * 3600  # the next day's 02:30 (+01:00), not the repeated one
+    ticks = [ts("2024-10-27T00:00:00")]
+    for _ in range(4):
+        ticks.append(cronplan.next_fire("*/30 * * * *", "Europe/Paris", ticks[-1]))
+    assert [b - a for a, b in itertools.pairwise(ticks[1:])] == [1800, 1800, 1800]
+    # The planner's backward walk applies the same rule: the repeated 02:30 is never due.
+    plan = cronplan.plan(
+        "30 2 * * *",
+        "Europe/Paris",
+        last_handled=first,
+        created_at=0,
+        now=ts("2024-10-27T01:30:00"),
+        starting_deadline_seconds=3600,
+    )
+    assert (plan.due, plan.missed) == (None, ())
+
+
+MINUTE = "* * * * *"
+
+
+@pytest.mark.parametrize(
+    ("last", "now", "deadline", "due", "missed"),
+    [
+        (None, 1_000_000_000 + 10, 60, None, ()),  # created 10 s ago, its first tick not yet
+        (1_000_000_020, 1_000_000_080, 60, 1_000_000_080, ()),  # the tick, on time
+        (1_000_000_020, 1_000_000_085, 60, 1_000_000_080, ()),  # late but inside the deadline
+        (1_000_000_020, 1_000_000_200, 60, 1_000_000_200, (1_000_000_080, 1_000_000_140)),
+        (1_000_000_020, 1_000_000_210, 5, None, (1_000_000_080, 1_000_000_140, 1_000_000_200)),
+        (1_000_000_020, 1_000_000_080, 0, 1_000_000_080, ()),
+    ],
+    ids=[
+        "nothing-due",
+        "on-time",
+        "late-in-deadline",
+        "outage-latest-fires",
+        "all-past-deadline",
+        "zero-deadline",
+    ],
+)
+def test_plan(last: int | None, now: int, deadline: int, due: int | None, missed: tuple[int, ...]) -> None:
+    # 1_000_000_020 is 01:47:00 UTC, a minute boundary.
+    assert datetime.fromtimestamp(1_000_000_020, UTC).second == 0
+    plan = cronplan.plan(
+        MINUTE,
+        "UTC",
+        last_handled=last,
+        created_at=1_000_000_000,
+        now=now,
+        starting_deadline_seconds=deadline,
+    )
+    assert (plan.due, plan.missed) == (due, missed)
+    assert plan.next_tick > now
+
+
+def test_a_long_outage_lists_a_bounded_number_of_missed_ticks() -> None:
+    plan = cronplan.plan(
+        "* * * * * *", "UTC", last_handled=0, created_at=0, now=30 * 86400, starting_deadline_seconds=60
+    )
+    assert plan.due == 30 * 86400
+    assert len(plan.missed) == cronplan.MAX_MISSED_RECORDED
+    assert plan.missed[-1] == 30 * 86400 - 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["* * * * *", "*/7 * * * *", "0 * * * *", "* * * * * */13", "15 3 * * MON"]),
+    st.integers(0, 2_000_000_000),
+    st.integers(0, 5000),
+    st.integers(0, 120),
+)
+def test_plan_properties(expr: str, cursor: int, elapsed: int, deadline: int) -> None:
+    now = cursor + elapsed
+    plan = cronplan.plan(
+        expr, "UTC", last_handled=cursor, created_at=0, now=now, starting_deadline_seconds=deadline
+    )
+    ticks = [*plan.missed, *([plan.due] if plan.due is not None else [])]
+    assert ticks == sorted(set(ticks)), "ticks are distinct and in order"
+    assert all(cursor < t <= now for t in ticks), "only ticks after the last handled one, up to now"
+    if plan.due is not None:
+        assert now - plan.due <= deadline
+    assert plan.next_tick == cronplan.next_fire(expr, "UTC", now)
