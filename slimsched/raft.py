@@ -86,16 +86,15 @@ class _Snapshotter:
 
     def _write(self, final: str, state: State, raft_data: tuple[Any, ...]) -> None:
         try:
-            body = orjson.dumps(
-                {
-                    "v": DUMP_VERSION,
-                    "raft": [_entry_to_json(raft_data[0]), _entry_to_json(raft_data[1])],
-                    "state": statemachine.snapshot_to_dict(state),
-                }
+            head = orjson.dumps(
+                {"v": DUMP_VERSION, "raft": [_entry_to_json(raft_data[0]), _entry_to_json(raft_data[1])]}
             )
             writing = final + ".writing"
             with open(writing, "wb") as f:
-                f.write(body)
+                f.write(head[:-1] + b',"state":')
+                for piece in statemachine.encode_snapshot_chunks(state):
+                    f.write(piece)
+                f.write(b"}")
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(writing, final)

@@ -320,3 +320,20 @@ def test_finished_runs_beyond_the_limit_are_pruned_oldest_first_and_indexes_stay
     assert [r.id for r in state.queue_of("fib")] == [f"r{i}" for i in range(limit + 20, limit + 30)]
     assert "fib" not in state.active
     assert decode_snapshot(encode_snapshot(state)) == state
+
+
+@settings(max_examples=100, deadline=None)
+@given(commands)
+def test_chunked_snapshot_encoding_is_the_same_document(payloads: list[bytes]) -> None:
+    state = statemachine.replay(payloads)
+    assert orjson.loads(encode_snapshot(state)) == orjson.loads(
+        orjson.dumps(statemachine.snapshot_to_dict(state))
+    )
+
+
+def test_chunked_snapshot_of_more_than_one_chunk_round_trips() -> None:
+    state = State()
+    n = statemachine.SNAPSHOT_CHUNK * 2 + 7
+    docs = [codec.schedule_to_dict(Schedule(id=f"s{i}", job_name="fib", cron="* * * * *")) for i in range(n)]
+    apply(state, encode_command("restore", schedules=docs, last_fired={f"s{i}": i for i in range(n)}))
+    assert decode_snapshot(encode_snapshot(state)) == state
