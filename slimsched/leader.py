@@ -399,16 +399,21 @@ class Leader:
 
     async def _dispatch_loop(self) -> None:
         sem = asyncio.Semaphore(self.timings.max_concurrent_dispatches)
-        while True:
-            self._dispatch_wake.clear()
-            blocked = await self._dispatch_pass(sem)
-            timeout = (
-                self.timings.blocked_retry_seconds if blocked else self.timings.idle_dispatch_check_seconds
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dispatch_wake.wait(), timeout)
+        # Starts run as tasks of this group: a run queued while earlier ones wait on Kubernetes
+        # is started at once instead of after the whole previous batch.
+        async with asyncio.TaskGroup() as starts:
+            while True:
+                self._dispatch_wake.clear()
+                blocked = await self._dispatch_pass(sem, starts)
+                timeout = (
+                    self.timings.blocked_retry_seconds
+                    if blocked
+                    else self.timings.idle_dispatch_check_seconds
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dispatch_wake.wait(), timeout)
 
-    async def _dispatch_pass(self, sem: asyncio.Semaphore) -> bool:
+    async def _dispatch_pass(self, sem: asyncio.Semaphore, starts: asyncio.TaskGroup) -> bool:
         """Start what the limits allow; True if some run waits on a dependency."""
 
         def read(state: State) -> list[tuple[str, list[Run], int]]:
@@ -422,7 +427,6 @@ class Leader:
         self.metrics.queue_depth.set(sum(len(q) for _, q, _ in jobs))
         blocked = False
         ready_cache: dict[str, bool] = {}
-        starts: list[Awaitable[None]] = []
         for job_name, queued, active in jobs:
             slots = self.jobs.job(job_name).number_parallel_job - active
             for run in queued:
@@ -436,9 +440,7 @@ class Leader:
                     break  # FIFO within a job; other jobs go on
                 slots -= 1
                 self._inflight.add(run.id)
-                starts.append(self._start(run, sem))
-        if starts:
-            await asyncio.gather(*starts)
+                starts.create_task(self._start(run, sem), name=f"dispatch-{run.id}")
         return blocked
 
     async def _dependencies_ready(self, run: Run, cache: dict[str, bool]) -> bool:
@@ -541,7 +543,9 @@ class Leader:
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         try:
             jobs = {j["metadata"]["name"]: j for j in await self.kube.list_jobs(selector)}
-            pods = await self.kube.list_pods(selector)
+            # Pods only tell what a Job's status does not: why a started Job is not running yet.
+            waiting = any(_job_waiting(jobs.get(r.kube_name)) for r in active)
+            pods = await self.kube.list_pods(selector) if waiting else []
         except KubeError:
             self.metrics.dispatch_errors.inc()
             return True
@@ -575,3 +579,16 @@ class Leader:
                     "run_status", run_id=run.id, status=status.value, at=now_ms, reason=reason
                 )
         return True
+
+
+def _job_waiting(job: dict[str, Any] | None) -> bool:
+    """A Job that exists, has not finished and has no ready pod: its pods may say why."""
+    if job is None:
+        return False
+    status = job.get("status") or {}
+    finished = any(
+        c.get("type") in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget")
+        and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    return not finished and not (status.get("ready") or 0) > 0
