@@ -18,6 +18,7 @@ import base64
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -118,6 +119,8 @@ class _Snapshotter:
         if doc.get("v") != DUMP_VERSION:
             raise ValueError(f"unsupported Raft dump version {doc.get('v')!r}")
         self._node._replace_state(statemachine.snapshot_from_dict(doc["state"]))
+        if self._node._replica is not None:
+            self._node._replica.defer_election()
         first, second = doc["raft"]
         return _entry_from_json(first), _entry_from_json(second), []
 
@@ -145,7 +148,25 @@ class _Replica(SyncObj):  # type: ignore[misc]
 
     @replicated  # type: ignore[untyped-decorator]
     def apply(self, payload: bytes) -> Result:
-        return self._node._apply(payload)
+        result = self._node._apply(payload)
+        self.defer_election()
+        return result
+
+    def defer_election(self) -> None:
+        """Count work done on the leader's behalf as contact with the leader.
+
+        pysyncobj checks a follower's election deadline at the top of its tick, before it reads
+        the messages waiting for it: after its thread was busy applying a burst of entries or
+        loading a snapshot the leader sent, a follower would start an election against a live
+        leader (there is no pre-vote), and every node that lags behind a large state would depose
+        the leader again. pysyncobj 0.3.17 (pinned) keeps the deadline in a private attribute.
+        """
+        if self._isLeader():
+            return
+        deadline = time.monotonic() + float(self.conf.raftMinTimeout)
+        current: float = getattr(self, "_SyncObj__raftElectionDeadline", 0.0)
+        if current < deadline:
+            self._SyncObj__raftElectionDeadline = deadline
 
 
 class RaftNode:
