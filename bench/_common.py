@@ -16,11 +16,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
 
 import orjson
 
-from slimsched.localcluster import LocalCluster, free_ports
+from slimsched.localcluster import LocalCluster, free_ports, request_json
 
 BENCH_JOB = "bench"
 BENCH_IMAGE = "example.org/bench:1"
@@ -180,16 +179,7 @@ def node_pid(c: LocalCluster, index: int) -> int:
     return proc.pid
 
 
-def http_json(url: str, method: str = "GET", body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
-    data = orjson.dumps(body) if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, orjson.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, orjson.loads(raw) if raw else None
+http_json = request_json
 
 
 def metrics_text(url: str, timeout: float = 10.0) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
+from slimsched.raft import tuned_conf
 from slimsched.settings import RaftTimings
 
 
@@ -39,18 +40,10 @@ class Counter(SyncObj):  # type: ignore[misc]
 
 
 def make_conf(data_dir: str) -> SyncObjConf:
-    t = RaftTimings()
-    return SyncObjConf(
+    return tuned_conf(
+        RaftTimings(),
         journalFile=os.path.join(data_dir, "raft.journal"),
         fullDumpFile=os.path.join(data_dir, "raft.dump"),
-        appendEntriesUseBatch=False,
-        raftMinTimeout=t.raft_min_timeout,
-        raftMaxTimeout=t.raft_max_timeout,
-        leaderFallbackTimeout=t.leader_fallback_timeout,
-        connectionRetryTime=t.connection_retry_time,
-        logCompactionMinEntries=t.log_compaction_min_entries,
-        logCompactionMinTime=t.log_compaction_min_time,
-        dynamicMembershipChange=False,
     )
 
 

@@ -22,11 +22,11 @@ import sys
 import time
 import tracemalloc
 import uuid
+from dataclasses import replace
 
 from bench._common import BENCH_JOB, cluster, node_pid, rss_bytes, say, table
 from bench.bench_firing import create_schedules
 from slimsched import codec, jobconfig, statemachine
-from slimsched.model import Schedule
 
 MIB = 1024 * 1024
 IMPORT_STEPS = (
@@ -64,16 +64,9 @@ def state_bytes_per_schedule(n: int) -> float:
     req = jobconfig.parse_schedule_request({"Schedule": "0 0 * * *", "Args": ["1"]})
     payloads = []
     for expr in exprs(n):
-        sched = Schedule(
-            id=uuid.uuid4().hex,
-            job_name=BENCH_JOB,
+        sched = replace(
+            req.to_schedule(id=uuid.uuid4().hex, job_name=BENCH_JOB, created_at_ms=int(time.time() * 1000)),
             cron=expr,
-            overrides=req.overrides,
-            time_zone=req.time_zone,
-            concurrency_policy=req.concurrency_policy,
-            starting_deadline_seconds=req.starting_deadline_seconds,
-            paused=req.paused,
-            created_at_ms=int(time.time() * 1000),
         )
         payloads.append(
             statemachine.encode_command(

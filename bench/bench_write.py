@@ -43,7 +43,7 @@ from bench._common import (
 from slimsched import codec, jobconfig
 from slimsched.jobmanifest import kube_job_name
 from slimsched.localcluster import LocalCluster, free_ports
-from slimsched.model import Run, RunStatus, Schedule
+from slimsched.model import Run, RunStatus
 from slimsched.statemachine import encode_command
 
 CLIENTS = (1, 24, 64)
@@ -55,17 +55,7 @@ def command_sizes() -> dict[str, int]:
     """Bytes of the Raft command each endpoint proposes for the bodies above (as api.py builds it)."""
     jobs = jobconfig.parse_jobs_configuration(BENCH_JOBS_CONFIGURATION)
     req = jobconfig.parse_schedule_request(SCHEDULE_BODY)
-    sched = Schedule(
-        id=uuid.uuid4().hex,
-        job_name=BENCH_JOB,
-        cron=req.schedule,
-        overrides=req.overrides,
-        time_zone=req.time_zone,
-        concurrency_policy=req.concurrency_policy,
-        starting_deadline_seconds=req.starting_deadline_seconds,
-        paused=req.paused,
-        created_at_ms=int(time.time() * 1000),
-    )
+    sched = req.to_schedule(id=uuid.uuid4().hex, job_name=BENCH_JOB, created_at_ms=int(time.time() * 1000))
     run_id = uuid.uuid4().hex
     run = Run(
         id=run_id,

@@ -212,17 +212,7 @@ async def post_schedule(request: web.Request) -> web.Response:
     req = jobconfig.parse_schedule_request(await _body(request, empty_ok=False))
     cronplan.validate(req.schedule, req.time_zone)
     jobconfig.merge(ctx.jobs.job(name), req.overrides)  # validated now, merged again at each tick
-    schedule = Schedule(
-        id=ctx.new_id(),
-        job_name=name,
-        cron=req.schedule.strip(),
-        overrides=req.overrides,
-        time_zone=req.time_zone,
-        concurrency_policy=req.concurrency_policy,
-        starting_deadline_seconds=req.starting_deadline_seconds,
-        paused=req.paused,
-        created_at_ms=ctx.now_ms(),
-    )
+    schedule = req.to_schedule(id=ctx.new_id(), job_name=name, created_at_ms=ctx.now_ms())
     await _submit(ctx, "create_schedule", schedule=codec.schedule_to_dict(schedule))
     return _json({"Id": schedule.id}, 201)
 

@@ -53,6 +53,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from slimsched import codec
 from slimsched.access import AccessPolicy
 from slimsched.errors import ApiError, BadRequest, ConfigError, Conflict, Forbidden, SlimschedError
+from slimsched.files import fsync_dir
 from slimsched.model import Schedule
 from slimsched.raft import RaftNode
 from slimsched.statemachine import Result, State, encode_command
@@ -461,14 +462,6 @@ def restore_command(backup: Backup, rid: str) -> bytes:
 # -- file I/O (blocking: run in an executor) -----------------------------------------------------
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_optional(path: str) -> bytes | None:
     try:
         with open(path, "rb") as f:
@@ -512,7 +505,7 @@ def write_backup(backup_dir: str, data: bytes, *, rotate: bool, set_aside_corrup
                 os.fsync(dst.fileno())
         os.replace(prev_tmp, prev)
     os.replace(tmp, main)
-    _fsync_dir(backup_dir)
+    fsync_dir(backup_dir)
 
 
 def remove_stale_temporaries(backup_dir: str) -> None:

@@ -173,18 +173,5 @@ def declared_schedules(jobs: JobsConfiguration, *, discovered: frozenset[str], n
                 option=orjson.OPT_SORT_KEYS,
             )
             sid = f"{source}-{hashlib.sha256(content).hexdigest()[:20]}"
-            out.append(
-                Schedule(
-                    id=sid,
-                    job_name=job_name,
-                    cron=req.schedule.strip(),
-                    overrides=req.overrides,
-                    time_zone=req.time_zone,
-                    concurrency_policy=req.concurrency_policy,
-                    starting_deadline_seconds=req.starting_deadline_seconds,
-                    paused=req.paused,
-                    created_at_ms=now_ms,
-                    source=source,
-                )
-            )
+            out.append(req.to_schedule(id=sid, job_name=job_name, created_at_ms=now_ms, source=source))
     return out

@@ -257,8 +257,9 @@ def _not_found(resource: str, name: str) -> web.Response:
 
 
 def _list(kind: str, api_version: str, items: list[dict[str, Any]], rv: int) -> web.Response:
-    return _json({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(rv)},
-                  "items": items})
+    return _json(
+        {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(rv)}, "items": items}
+    )
 
 
 class Emulator:
@@ -369,8 +370,12 @@ class Emulator:
             self._workloads[key] = obj
         obj["spec"]["replicas"] = replicas
         obj["metadata"]["resourceVersion"] = str(next(self._rv))
-        obj["status"] = {"replicas": replicas, "readyReplicas": ready_replicas,
-                         "availableReplicas": ready_replicas, "observedGeneration": 1}
+        obj["status"] = {
+            "replicas": replicas,
+            "readyReplicas": ready_replicas,
+            "availableReplicas": ready_replicas,
+            "observedGeneration": 1,
+        }
         if ready_replicas == 0:
             del obj["status"]["readyReplicas"]  # the API server omits zero counts
             del obj["status"]["availableReplicas"]
@@ -382,8 +387,13 @@ class Emulator:
         meta = self._new_meta(namespace, name, dict(meta_in.get("labels") or {}))
         if meta_in.get("annotations"):
             meta["annotations"] = dict(meta_in["annotations"])
-        cronjob = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta,
-                   "spec": copy.deepcopy(dict(obj.get("spec") or {})), "status": {}}
+        cronjob = {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": meta,
+            "spec": copy.deepcopy(dict(obj.get("spec") or {})),
+            "status": {},
+        }
         self._cronjobs[(namespace, name)] = cronjob
         return copy.deepcopy(cronjob)
 
@@ -426,7 +436,7 @@ class Emulator:
             if sim.phase.finished:
                 continue
             events = timeline(sim.plan)
-            for event in events[sim.applied:]:
+            for event in events[sim.applied :]:
                 if event.since > now:
                     next_change = event.since if next_change is None else min(next_change, event.since)
                     break
@@ -444,8 +454,12 @@ class Emulator:
         job["metadata"]["resourceVersion"] = str(next(self._rv))
         pod["metadata"]["resourceVersion"] = str(next(self._rv))
         if at.phase is Phase.IMAGE_PULL_BACK_OFF:
-            cstatus["state"] = {"waiting": {"reason": "ImagePullBackOff",
-                                            "message": f'Back-off pulling image "{container["image"]}"'}}
+            cstatus["state"] = {
+                "waiting": {
+                    "reason": "ImagePullBackOff",
+                    "message": f'Back-off pulling image "{container["image"]}"',
+                }
+            }
         elif at.phase is Phase.RUNNING:
             job["status"]["ready"] = 1
             pod["status"].update(phase="Running", startTime=ts)
@@ -455,8 +469,10 @@ class Emulator:
             ]
             cstatus.update(ready=True, started=True, state={"running": {"startedAt": ts}})
             args = " ".join(container.get("args") or [])
-            sim.pod.log.append(f"emulator: container {container['name']} started, image {container['image']}"
-                               + (f", args {args}" if args else ""))
+            sim.pod.log.append(
+                f"emulator: container {container['name']} started, image {container['image']}"
+                + (f", args {args}" if args else "")
+            )
         elif at.phase.finished:
             exit_code = self._finish(job, pod, at, ts)
             if was_running:
@@ -478,12 +494,23 @@ class Emulator:
         else:
             status["failed"] = 1
             reason = str(at.reason)
-            message = ("Job was active longer than specified deadline" if reason == "DeadlineExceeded"
-                       else "Job has reached the specified backoff limit")
+            message = (
+                "Job was active longer than specified deadline"
+                if reason == "DeadlineExceeded"
+                else "Job has reached the specified backoff limit"
+            )
             types = ("FailureTarget", "Failed")
         status.setdefault("conditions", []).extend(
-            {"type": t, "status": "True", "reason": reason, "message": message,
-             "lastProbeTime": ts, "lastTransitionTime": ts} for t in types)
+            {
+                "type": t,
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastProbeTime": ts,
+                "lastTransitionTime": ts,
+            }
+            for t in types
+        )
 
         exit_code = 0 if ok else (137 if at.reason == "DeadlineExceeded" else 1)
         pod["status"]["phase"] = "Succeeded" if ok else "Failed"
@@ -491,9 +518,18 @@ class Emulator:
             pod["status"]["reason"] = "DeadlineExceeded"
         cstatus = pod["status"]["containerStatuses"][0]
         started_at = cstatus["state"].get("running", {}).get("startedAt", ts)
-        cstatus.update(ready=False, started=False, state={"terminated": {
-            "exitCode": exit_code, "reason": "Completed" if ok else "Error",
-            "startedAt": started_at, "finishedAt": ts}})
+        cstatus.update(
+            ready=False,
+            started=False,
+            state={
+                "terminated": {
+                    "exitCode": exit_code,
+                    "reason": "Completed" if ok else "Error",
+                    "startedAt": started_at,
+                    "finishedAt": ts,
+                }
+            },
+        )
         for cond in pod["status"].get("conditions") or ():
             if cond["type"] in ("Ready", "ContainersReady"):
                 cond.update(status="False", lastTransitionTime=ts, reason="PodCompleted")
@@ -528,22 +564,37 @@ class Emulator:
         problem = _job_problem(body)
         if problem is not None:
             self._creations.append(CreateAttempt(namespace, name, "invalid", ts))
-            return _status(422, "Invalid", f'Job.batch "{name}" is invalid: {problem}',
-                           {"name": name, "group": "batch", "kind": "Job"})
+            return _status(
+                422,
+                "Invalid",
+                f'Job.batch "{name}" is invalid: {problem}',
+                {"name": name, "group": "batch", "kind": "Job"},
+            )
         if meta.get("namespace") not in (None, "", namespace):
-            return _status(400, "BadRequest", "the namespace of the provided object does not match "
-                                              "the namespace sent on the request")
+            return _status(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
         if (namespace, name) in self._jobs:
             self._creations.append(CreateAttempt(namespace, name, "conflict", ts))
-            return _status(409, "AlreadyExists", f'jobs.batch "{name}" already exists',
-                           {"name": name, "group": "batch", "kind": "jobs"})
+            return _status(
+                409,
+                "AlreadyExists",
+                f'jobs.batch "{name}" already exists',
+                {"name": name, "group": "batch", "kind": "jobs"},
+            )
 
         job = copy.deepcopy(body)
         job["apiVersion"], job["kind"] = "batch/v1", "Job"
         new_meta = self._new_meta(namespace, name, dict(meta.get("labels") or {}))
         uid = new_meta["uid"]
-        controller_labels = {"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
-                             "controller-uid": uid, "job-name": name}
+        controller_labels = {
+            "batch.kubernetes.io/controller-uid": uid,
+            "batch.kubernetes.io/job-name": name,
+            "controller-uid": uid,
+            "job-name": name,
+        }
         new_meta["labels"] = {**new_meta["labels"], **controller_labels}
         if meta.get("annotations"):
             new_meta["annotations"] = dict(meta["annotations"])
@@ -566,8 +617,16 @@ class Emulator:
         pod_meta["generateName"] = f"{name}-"
         if template["metadata"].get("annotations"):
             pod_meta["annotations"] = dict(template["metadata"]["annotations"])
-        pod_meta["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid,
-                                        "controller": True, "blockOwnerDeletion": True}]
+        pod_meta["ownerReferences"] = [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": name,
+                "uid": uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -576,9 +635,17 @@ class Emulator:
             "status": {
                 "phase": "Pending",
                 "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": ts}],
-                "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
-                                       "ready": False, "started": False, "restartCount": 0,
-                                       "state": {"waiting": {"reason": "ContainerCreating"}}}],
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "image": container["image"],
+                        "imageID": "",
+                        "ready": False,
+                        "started": False,
+                        "restartCount": 0,
+                        "state": {"waiting": {"reason": "ContainerCreating"}},
+                    }
+                ],
             },
         }
         behaviour = self._images.get(container["image"], ImageBehaviour())
@@ -618,8 +685,9 @@ class Emulator:
         hooks = "/_emulator"
         app.router.add_put(f"{hooks}/images", self._h_hook_image)
         app.router.add_put(f"{hooks}/timing", self._h_hook_timing)
-        app.router.add_put(f"{hooks}/namespaces/{{ns}}/{{resource:deployments|statefulsets}}/{{name}}",
-                           self._h_hook_workload)
+        app.router.add_put(
+            f"{hooks}/namespaces/{{ns}}/{{resource:deployments|statefulsets}}/{{name}}", self._h_hook_workload
+        )
         app.router.add_put(f"{hooks}/namespaces/{{ns}}/cronjobs/{{name}}", self._h_hook_cronjob)
         app.router.add_post(f"{hooks}/namespaces/{{ns}}/jobs/{{name}}/finish", self._h_hook_finish)
         app.router.add_post(f"{hooks}/namespaces/{{ns}}/pods/{{name}}/log", self._h_hook_log)
@@ -663,9 +731,20 @@ class Emulator:
         else:  # batch/v1 Jobs orphan their pods unless told otherwise
             sim.pod.obj["metadata"].pop("ownerReferences", None)
         self._notify()
-        return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                      "details": {"name": name, "group": "batch", "kind": "jobs",
-                                  "uid": sim.obj["metadata"]["uid"]}})
+        return _json(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {
+                    "name": name,
+                    "group": "batch",
+                    "kind": "jobs",
+                    "uid": sim.obj["metadata"]["uid"],
+                },
+            }
+        )
 
     async def _h_list_cronjobs(self, request: web.Request) -> web.Response:
         return self._filtered("CronJobList", "batch/v1", request, self._cronjobs.items())
@@ -704,8 +783,11 @@ class Emulator:
             reqs = parse_label_selector(request.query.get("labelSelector", ""))
         except SelectorError as e:
             return _status(400, "BadRequest", str(e))
-        items = [obj for (obj_ns, _), obj in objects
-                 if obj_ns == ns and selector_matches(obj["metadata"].get("labels") or {}, reqs)]
+        items = [
+            obj
+            for (obj_ns, _), obj in objects
+            if obj_ns == ns and selector_matches(obj["metadata"].get("labels") or {}, reqs)
+        ]
         return _list(kind, api_version, items, next(self._rv))
 
     async def _h_pod_log(self, request: web.Request) -> web.StreamResponse:
@@ -715,17 +797,22 @@ class Emulator:
             return _not_found("pods", name)
         container = pod.obj["spec"]["containers"][0]["name"]
         if request.query.get("container") not in (None, container):
-            return _status(400, "BadRequest",
-                           f"container {request.query['container']} is not valid for pod {name}")
+            return _status(
+                400, "BadRequest", f"container {request.query['container']} is not valid for pod {name}"
+            )
         if not pod.started:
             waiting = pod.obj["status"]["containerStatuses"][0]["state"].get("waiting") or {}
-            return _status(400, "BadRequest", f'container "{container}" in pod "{name}" is waiting to start: '
-                                              f"{waiting.get('reason', 'ContainerCreating')}")
+            return _status(
+                400,
+                "BadRequest",
+                f'container "{container}" in pod "{name}" is waiting to start: '
+                f"{waiting.get('reason', 'ContainerCreating')}",
+            )
         try:
             tail = int(request.query["tailLines"]) if "tailLines" in request.query else None
         except ValueError:
             return _status(400, "BadRequest", "tailLines must be an integer")
-        lines = pod.log if tail is None else pod.log[max(0, len(pod.log) - tail):] if tail > 0 else []
+        lines = pod.log if tail is None else pod.log[max(0, len(pod.log) - tail) :] if tail > 0 else []
         if request.query.get("follow") != "true":
             return web.Response(text="".join(f"{line}\n" for line in lines), content_type="text/plain")
 
@@ -762,7 +849,8 @@ class Emulator:
             return _status(400, "BadRequest", 'expected {"image": str, "mode": str}')
         try:
             behaviour = self.set_image_behaviour(
-                body["image"], str(body.get("mode", Mode.SUCCEED)),
+                body["image"],
+                str(body.get("mode", Mode.SUCCEED)),
                 pending_seconds=_opt_float(body.get("pendingSeconds")),
                 run_seconds=_opt_float(body.get("runSeconds")),
             )
@@ -775,8 +863,10 @@ class Emulator:
         if not isinstance(body, dict):
             return _status(400, "BadRequest", "expected a JSON object")
         try:
-            self.set_timing(pending_seconds=_opt_float(body.get("pendingSeconds")),
-                            run_seconds=_opt_float(body.get("runSeconds")))
+            self.set_timing(
+                pending_seconds=_opt_float(body.get("pendingSeconds")),
+                run_seconds=_opt_float(body.get("runSeconds")),
+            )
         except (TypeError, ValueError) as e:
             return _status(400, "BadRequest", str(e))
         return _json({"pendingSeconds": self.pending_seconds, "runSeconds": self.run_seconds})
@@ -788,8 +878,13 @@ class Emulator:
         replicas, ready = body.get("replicas", 1), body.get("readyReplicas", 0)
         if not isinstance(replicas, int) or not isinstance(ready, int):
             return _status(400, "BadRequest", "replicas and readyReplicas must be integers")
-        obj = self.set_workload(request.match_info["resource"], request.match_info["name"],
-                                replicas=replicas, ready_replicas=ready, namespace=request.match_info["ns"])
+        obj = self.set_workload(
+            request.match_info["resource"],
+            request.match_info["name"],
+            replicas=replicas,
+            ready_replicas=ready,
+            namespace=request.match_info["ns"],
+        )
         return _json(obj)
 
     async def _h_hook_cronjob(self, request: web.Request) -> web.Response:
@@ -816,8 +911,20 @@ class Emulator:
         return _json({"appended": len(lines)})
 
     async def _h_hook_creations(self, request: web.Request) -> web.Response:
-        return _json({"items": [{"namespace": c.namespace, "name": c.name, "outcome": c.outcome, "at": c.at,
-                                 "atUnix": c.at_unix} for c in self._creations]})
+        return _json(
+            {
+                "items": [
+                    {
+                        "namespace": c.namespace,
+                        "name": c.name,
+                        "outcome": c.outcome,
+                        "at": c.at,
+                        "atUnix": c.at_unix,
+                    }
+                    for c in self._creations
+                ]
+            }
+        )
 
 
 def _job_problem(body: Mapping[str, Any]) -> str | None:
@@ -936,8 +1043,9 @@ async def _serve(port: int, pending_seconds: float, run_seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m slimsched.emulator",
-                                     description="Kubernetes API emulator on 127.0.0.1 (no auth).")
+    parser = argparse.ArgumentParser(
+        prog="python -m slimsched.emulator", description="Kubernetes API emulator on 127.0.0.1 (no auth)."
+    )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--pending-seconds", type=float, default=DEFAULT_PENDING_SECONDS)
     parser.add_argument("--run-seconds", type=float, default=DEFAULT_RUN_SECONDS)

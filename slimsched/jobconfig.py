@@ -36,6 +36,7 @@ from slimsched.model import (
     ResourceFieldRef,
     Resources,
     RestartPolicy,
+    Schedule,
     Visibility,
     Volume,
     VolumeKind,
@@ -109,6 +110,21 @@ class ScheduleRequest:
     starting_deadline_seconds: int = 60
     paused: bool = False
     overrides: JobOverrides = field(default_factory=JobOverrides)
+
+    def to_schedule(self, *, id: str, job_name: str, created_at_ms: int, source: str = "api") -> Schedule:
+        """The schedule this request declares (its cron expression trimmed)."""
+        return Schedule(
+            id=id,
+            job_name=job_name,
+            cron=self.schedule.strip(),
+            overrides=self.overrides,
+            time_zone=self.time_zone,
+            concurrency_policy=self.concurrency_policy,
+            starting_deadline_seconds=self.starting_deadline_seconds,
+            paused=self.paused,
+            created_at_ms=created_at_ms,
+            source=source,
+        )
 
 
 def _builtin_configurations() -> dict[str, JobConfig]:

@@ -83,7 +83,8 @@ class KubeClient:
         configuration = k8s.Configuration()
         try:
             k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=path, client_configuration=configuration)
+                config_file=path, client_configuration=configuration
+            )
         except (ConfigException, OSError) as e:
             raise KubeError(f"cannot load kubeconfig {path or '(default)'}: {e}") from e
         return cls(k8s.ApiClient(configuration), namespace)
@@ -135,8 +136,9 @@ class KubeClient:
         """Create a Job: True if created, False if one of that name already exists (HTTP 409)."""
         name = (manifest.get("metadata") or {}).get("name")
         try:
-            await self._json(f"create job {name}", self._batch.create_namespaced_job, self.namespace,
-                             dict(manifest))
+            await self._json(
+                f"create job {name}", self._batch.create_namespaced_job, self.namespace, dict(manifest)
+            )
         except KubeError as e:
             if e.status == 409:
                 return False
@@ -152,14 +154,20 @@ class KubeClient:
             raise
 
     async def list_jobs(self, label_selector: str) -> list[dict[str, Any]]:
-        return await self._list(f"list jobs {label_selector}", self._batch.list_namespaced_job,
-                                label_selector=label_selector)
+        return await self._list(
+            f"list jobs {label_selector}", self._batch.list_namespaced_job, label_selector=label_selector
+        )
 
     async def delete_job(self, name: str) -> bool:
         """Delete a Job and (foreground) its pods: False if there was no such Job."""
         try:
-            await self._json(f"delete job {name}", self._batch.delete_namespaced_job, name, self.namespace,
-                             propagation_policy="Foreground")
+            await self._json(
+                f"delete job {name}",
+                self._batch.delete_namespaced_job,
+                name,
+                self.namespace,
+                propagation_policy="Foreground",
+            )
         except KubeError as e:
             if e.status == 404:
                 return False
@@ -169,13 +177,16 @@ class KubeClient:
     # --- pods, workloads, cronjobs ----------------------------------------------------------
 
     async def list_pods(self, label_selector: str) -> list[dict[str, Any]]:
-        return await self._list(f"list pods {label_selector}", self._core.list_namespaced_pod,
-                                label_selector=label_selector)
+        return await self._list(
+            f"list pods {label_selector}", self._core.list_namespaced_pod, label_selector=label_selector
+        )
 
     async def workload_ready(self, name: str) -> bool:
         """A Deployment (else a StatefulSet) ``name`` has all its replicas ready; missing: False."""
-        for kind, read in (("deployment", self._apps.read_namespaced_deployment),
-                           ("statefulset", self._apps.read_namespaced_stateful_set)):
+        for kind, read in (
+            ("deployment", self._apps.read_namespaced_deployment),
+            ("statefulset", self._apps.read_namespaced_stateful_set),
+        ):
             try:
                 obj = await self._json(f"get {kind} {name}", read, name, self.namespace)
             except KubeError as e:
@@ -213,7 +224,8 @@ class KubeClient:
         """The pod's log lines (without their newline) as they are written, until the pod ends."""
         what = f"follow log of pod {pod_name}"
         response = await self._run(
-            what, lambda: self._open_log(pod_name, follow=True, _request_timeout=FOLLOW_TIMEOUT))
+            what, lambda: self._open_log(pod_name, follow=True, _request_timeout=FOLLOW_TIMEOUT)
+        )
         lines: Iterator[bytes] = iter(response)
         exhausted = False
         try:

@@ -11,19 +11,9 @@ from typing import Any
 import orjson
 
 from slimsched.emulator import EmulatorThread
-from slimsched.localcluster import LocalCluster
+from slimsched.localcluster import LocalCluster, request_json
 
-
-def request(url: str, method: str = "GET", body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
-    data = orjson.dumps(body) if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, orjson.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, orjson.loads(raw) if raw else None
+request = request_json
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:

@@ -28,7 +28,7 @@ from slimsched import cli, codec, jobconfig
 from slimsched.cronplan import MAX_MISSED_RECORDED
 from slimsched.emulator import EmulatorThread
 from slimsched.jobmanifest import kube_job_name
-from slimsched.localcluster import LocalCluster, free_ports
+from slimsched.localcluster import LocalCluster, free_ports, request_json
 from slimsched.model import ConcurrencyPolicy, EnvVar, JobOverrides, Resources, Schedule
 from slimsched.node import Node
 from slimsched.raft import RaftNode
@@ -619,15 +619,7 @@ JOBS = orjson.dumps(
 
 
 def http(url: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
-    data = orjson.dumps(body) if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            raw = resp.read()
-            return resp.status, orjson.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, orjson.loads(raw) if raw else None
+    return request_json(url, method, body, timeout=5)
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
