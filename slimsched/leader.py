@@ -505,8 +505,12 @@ class Leader:
     async def _status_loop(self) -> None:
         while True:
             self._status_wake.clear()
+            started = self.clock()
             if await self._sync_runs():
-                await asyncio.sleep(self.timings.status_poll_seconds)
+                # A sync costs in proportion to the Jobs listed: never spend more than about a
+                # fifth of the leader's time on it (thousands of Jobs are polled less often).
+                spent = max(0.0, self.clock() - started)
+                await asyncio.sleep(max(self.timings.status_poll_seconds, 4 * spent))
             else:
                 await self._status_wake.wait()
 
