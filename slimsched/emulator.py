@@ -228,6 +228,7 @@ class _SimJob:
     pod: _Pod
     applied: int = 1  # how many entries of the timeline have been applied
     phase: Phase = Phase.PENDING
+    finished_at: float | None = None
 
 
 def _status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> web.Response:
@@ -430,10 +431,22 @@ class Emulator:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _step(self, now: float) -> float | None:
-        """Apply every transition due at ``now``, in order; return the time of the next one."""
+        """Apply every transition due at ``now``, in order; return the time of the next one.
+
+        A finished Job with ``ttlSecondsAfterFinished`` is deleted with its pod once the TTL has
+        passed, as Kubernetes' TTL controller does, so listings do not grow without end.
+        """
         next_change: float | None = None
-        for sim in self._jobs.values():
+        expired: list[tuple[str, str]] = []
+        for key, sim in self._jobs.items():
             if sim.phase.finished:
+                ttl = sim.obj["spec"].get("ttlSecondsAfterFinished")
+                if ttl is not None and sim.finished_at is not None:
+                    due = sim.finished_at + float(ttl)
+                    if due <= now:
+                        expired.append(key)
+                    else:
+                        next_change = due if next_change is None else min(next_change, due)
                 continue
             events = timeline(sim.plan)
             for event in events[sim.applied :]:
@@ -442,6 +455,15 @@ class Emulator:
                     break
                 self._transition(sim, event)
                 sim.applied += 1
+                if sim.phase.finished:
+                    sim.finished_at = event.since
+                    ttl = sim.obj["spec"].get("ttlSecondsAfterFinished")
+                    if ttl is not None:
+                        due = event.since + float(ttl)
+                        next_change = due if next_change is None else min(next_change, due)
+        for ns, name in expired:
+            sim = self._jobs.pop((ns, name))
+            self._pods.pop((ns, sim.pod.obj["metadata"]["name"]), None)
         return next_change
 
     def _transition(self, sim: _SimJob, at: PhaseAt) -> None:

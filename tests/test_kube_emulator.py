@@ -196,6 +196,21 @@ async def test_job_goes_pending_running_succeeded(emulator: Emulator, kube: Kube
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
 
 
+async def test_finished_job_is_deleted_after_its_ttl(kube: KubeClient) -> None:
+    kept = make_run("run-kept")
+    short = make_run("run-ttl", ttl_seconds_after_finished=1)
+    await kube.create_job(manifest(kept))
+    await kube.create_job(manifest(short))
+    assert await eventually(lambda: status_of(kube, short), status_is(RunStatus.SUCCEEDED))
+
+    async def short_gone() -> bool:
+        return await kube.get_job(short.kube_name) is None
+
+    assert await eventually(short_gone, lambda gone: gone)
+    assert await kube.list_pods(run_selector(short.id)) == [], "its pod goes with it"
+    assert await kube.get_job(kept.kube_name) is not None, "a Job without a TTL stays"
+
+
 async def test_get_missing_job_is_none(kube: KubeClient) -> None:
     assert await kube.get_job("nope") is None
 
