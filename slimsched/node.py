@@ -82,8 +82,9 @@ class Node:
     def __post_init__(self) -> None:
         self.metrics = Metrics()
         self.kube = make_kube(self.settings)
+        self.raft = RaftNode(self.settings)
         self.leader = Leader(
-            raft=None,  # type: ignore[arg-type]  # set just below: the two refer to each other
+            raft=self.raft,
             jobs=self.jobs,
             kube=self.kube,
             metrics=self.metrics,
@@ -92,10 +93,7 @@ class Node:
             timings=self.leader_timings,
             new_id=lambda: uuid.uuid4().hex,
         )
-        self.raft = RaftNode(
-            self.settings, on_role_change=self.leader.on_role_change, on_applied=self.leader.on_applied
-        )
-        self.leader.raft = self.raft
+        self.raft.set_hooks(on_role_change=self.leader.on_role_change, on_applied=self.leader.on_applied)
         if self.settings.backup_dir:
             self.backups = Backups(
                 raft=self.raft,

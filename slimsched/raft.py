@@ -201,6 +201,16 @@ class RaftNode:
         self._snapshotter = _Snapshotter(self)
         self._replica: _Replica | None = None
 
+    def set_hooks(
+        self,
+        *,
+        on_role_change: Callable[[bool], None] | None = None,
+        on_applied: Callable[[bytes, Result], None] | None = None,
+    ) -> None:
+        """Install the Raft-thread callbacks (before ``start``)."""
+        self._on_role_change = on_role_change
+        self._on_applied = on_applied
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
