@@ -625,7 +625,8 @@ class Backups:
                 log.exception("the backup task failed")
         if self._caught_up:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.backup_once(), max(0.1, until - loop.time()))
+                async with asyncio.timeout(max(0.1, until - loop.time())):
+                    await self.backup_once()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -634,12 +635,14 @@ class Backups:
         # "As soon as it has applied the log": a leader is known and the commit index applied.
         while not self._stopping.is_set() and not self.raft.status().ready:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), READY_POLL_SECONDS)
+                async with asyncio.timeout(READY_POLL_SECONDS):
+                    await self._stopping.wait()
         self._caught_up = not self._stopping.is_set()
         while not self._stopping.is_set():
             await self.backup_once()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval_seconds)
+                async with asyncio.timeout(self.interval_seconds):
+                    await self._stopping.wait()
 
     async def load(self) -> None:
         """Read back the files on disk, so that an unchanged state is not written again."""

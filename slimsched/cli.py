@@ -27,6 +27,9 @@ from slimsched.settings import Settings
 
 log = logging.getLogger("slimsched")
 
+# Under the StatefulSet's 30 s terminationGracePeriodSeconds, with room to spare.
+SHUTDOWN_DEADLINE_SECONDS = 25.0
+
 
 def _serve_settings(args: argparse.Namespace) -> Settings:
     s = Settings.from_env()
@@ -62,7 +65,17 @@ async def _serve(settings: Settings) -> int:
     print(f"slimsched node {settings.node_id} ready on {node.http_url}", flush=True)
     await stop.wait()
     log.info("signal received: shutting down")
-    await node.stop()
+    stopping = asyncio.get_running_loop().create_task(node.stop(), name="node-stop")
+    await asyncio.wait({stopping}, timeout=SHUTDOWN_DEADLINE_SECONDS)
+    if not stopping.done():
+        # A shutdown that hangs is a bug: leave its evidence, and still leave.
+        for task in asyncio.all_tasks():
+            log.error("still running at the shutdown deadline: %r", task, stack_info=False)
+            for frame in task.get_stack(limit=5):
+                log.error("  %s:%d %s", frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+        logging.shutdown()
+        os._exit(1)
+    stopping.result()
     return 0
 
 

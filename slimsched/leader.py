@@ -176,8 +176,10 @@ class Leader:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, STOP_DEADLINE_SECONDS)
+            # asyncio.wait bounds the wait without waiting again for the cancellation itself.
+            await asyncio.wait({task}, timeout=STOP_DEADLINE_SECONDS)
+            if not task.done():
+                log.error("leader loops did not stop within %s s", STOP_DEADLINE_SECONDS)
 
     async def _lead(self) -> None:
         """Lead for as long as this term lasts; a crash of the loops restarts them after a pause."""
@@ -333,7 +335,8 @@ class Leader:
             delay = (self._heap[0][0] - self.clock()) if self._heap else 3600.0
             if delay > 0 and not self._touched and not self._rebuild:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._cron_wake.wait(), min(delay, 3600.0))
+                    async with asyncio.timeout(min(delay, 3600.0)):
+                        await self._cron_wake.wait()
 
     async def _fire(self, due: _Due, now: int, sem: asyncio.Semaphore) -> None:
         s = due.schedule
@@ -411,7 +414,8 @@ class Leader:
                     else self.timings.idle_dispatch_check_seconds
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dispatch_wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._dispatch_wake.wait()
 
     async def _dispatch_pass(self, sem: asyncio.Semaphore, starts: asyncio.TaskGroup) -> bool:
         """Start what the limits allow; True if some run waits on a dependency."""

@@ -182,7 +182,8 @@ class Node:
             return
         self.raft.step_down()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.leader.not_leading.wait(), within)
+            async with asyncio.timeout(within):
+                await self.leader.not_leading.wait()
 
     async def stop(self) -> None:
         self._accepting = False
@@ -195,8 +196,7 @@ class Node:
             await self.backups.stop()
         if self._discovery is not None:
             self._discovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._discovery, SHUTDOWN_GRACE_SECONDS)
+            await asyncio.wait({self._discovery}, timeout=SHUTDOWN_GRACE_SECONDS)
             self._discovery = None
         await asyncio.get_running_loop().run_in_executor(None, self.raft.stop)
         if self.kube is not None:

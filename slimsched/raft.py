@@ -314,7 +314,10 @@ class RaftNode:
             self._require().apply(payload, callback=done)
             remaining = deadline - loop.time()
             try:
-                result, err = await asyncio.wait_for(fut, max(remaining, 0.001))
+                # asyncio.timeout, not wait_for: in 3.11 wait_for can lose a cancellation that
+                # races with the future's completion, and a cancelled caller must stop.
+                async with asyncio.timeout(max(remaining, 0.001)):
+                    result, err = await fut
             except TimeoutError:
                 raise Unavailable(
                     "commit_timeout", "the cluster did not commit the request in time; retry later"
