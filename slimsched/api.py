@@ -162,6 +162,13 @@ async def _check_visibility(request: web.Request, name: str) -> None:
     )
 
 
+async def _visible_job(request: web.Request) -> tuple[ApiContext, str]:
+    """The context and the job name of a /job or /job-schedules request, once the caller may see it."""
+    name = _job_name(request)
+    await _check_visibility(request, name)
+    return request.app[CTX], name
+
+
 def _raise_for(result: Result) -> Result:
     if result.ok:
         return result
@@ -206,9 +213,7 @@ def schedule_view(s: Schedule, last_fired: int | None, now_s: int) -> dict[str, 
 
 
 async def post_schedule(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    name = _job_name(request)
-    await _check_visibility(request, name)
+    ctx, name = await _visible_job(request)
     req = jobconfig.parse_schedule_request(await _body(request, empty_ok=False))
     cronplan.validate(req.schedule, req.time_zone)
     jobconfig.merge(ctx.jobs.job(name), req.overrides)  # validated now, merged again at each tick
@@ -218,9 +223,7 @@ async def post_schedule(request: web.Request) -> web.Response:
 
 
 async def list_schedules(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    name = _job_name(request)
-    await _check_visibility(request, name)
+    ctx, name = await _visible_job(request)
     now_s = int(ctx.clock())
 
     def view(state: State) -> list[tuple[Schedule, int | None]]:
@@ -230,17 +233,13 @@ async def list_schedules(request: web.Request) -> web.Response:
 
 
 async def delete_schedule(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    name = _job_name(request)
-    await _check_visibility(request, name)
+    ctx, name = await _visible_job(request)
     await _submit(ctx, "delete_schedule", job_name=name, schedule_id=_id(request))
     return web.Response(status=204)
 
 
 async def patch_schedule(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    name = _job_name(request)
-    await _check_visibility(request, name)
+    ctx, name = await _visible_job(request)
     schedule_id = _id(request)
     body = await _body(request, empty_ok=False)
     if not isinstance(body, dict):
@@ -265,9 +264,7 @@ async def patch_schedule(request: web.Request) -> web.Response:
 
 
 async def schedule_ticks(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    name = _job_name(request)
-    await _check_visibility(request, name)
+    ctx, name = await _visible_job(request)
     schedule_id = _id(request)
 
     def view(state: State) -> list[dict[str, Any]] | None:
@@ -310,9 +307,7 @@ def run_views(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 async def post_job(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    name = _job_name(request)
-    await _check_visibility(request, name)
+    ctx, name = await _visible_job(request)
     overrides = jobconfig.parse_overrides(await _body(request, empty_ok=True))
     spec = jobconfig.merge(ctx.jobs.job(name), overrides)
     run_id = ctx.new_id()
@@ -329,16 +324,12 @@ async def post_job(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    name = _job_name(request)
-    await _check_visibility(request, name)
+    ctx, name = await _visible_job(request)
     return _json(run_views(ctx.raft.read(lambda s: s.runs_of(name))))
 
 
 async def delete_job(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    name = _job_name(request)
-    await _check_visibility(request, name)
+    ctx, name = await _visible_job(request)
     result = await _submit(ctx, "cancel_run", job_name=name, run_id=_id(request), at=ctx.now_ms())
     value = result.value or {}
     return _json({"Id": value.get("Id"), "Status": RunStatus.CANCELED.value, "Name": value.get("KubeName")})
@@ -362,9 +353,7 @@ def _query_tail(request: web.Request) -> int | None:
 
 async def job_logs(request: web.Request) -> web.StreamResponse:
     """The run's pod log: text, ``?tail=N`` last lines, ``?follow=true`` streams until the pod ends."""
-    ctx = request.app[CTX]
-    name = _job_name(request)
-    await _check_visibility(request, name)
+    ctx, name = await _visible_job(request)
     run_id = _id(request)
     tail = _query_tail(request)
     follow = _query_bool(request, "follow")
