@@ -14,7 +14,6 @@ import functools
 import importlib.resources
 import logging
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from slimsched import codec, cronplan, jobconfig
+from slimsched import codec, cronplan, ids, jobconfig
 from slimsched.access import AccessPolicy
 from slimsched.errors import ApiError, BadRequest, Conflict, Forbidden, KubeError, NotFound, Unavailable
 from slimsched.jobmanifest import kube_job_name, run_selector
@@ -58,7 +57,7 @@ class ApiContext:
     jobs: jobconfig.JobsConfiguration
     access: AccessPolicy
     clock: Callable[[], float]
-    new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
+    new_id: Callable[[], str] = field(default=ids.new_id)
     pod_ips: Callable[[], Awaitable[Collection[str]]] = _no_pod_ips
     max_body_bytes: int = 1024 * 1024
     ready_gate: Callable[[], bool] = field(default=lambda: True)

@@ -39,7 +39,6 @@ import os
 import threading
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,7 +49,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from slimsched import codec
+from slimsched import codec, ids
 from slimsched.access import AccessPolicy
 from slimsched.errors import ApiError, BadRequest, ConfigError, Conflict, Forbidden, SlimschedError
 from slimsched.files import fsync_dir
@@ -580,7 +579,7 @@ class Backups:
     interval_seconds: float
     registry: CollectorRegistry
     clock: Callable[[], float]
-    new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
+    new_id: Callable[[], str] = field(default=ids.new_id)
     disk: DiskState = field(default_factory=DiskState, init=False)
     last_outcome: str | None = field(default=None, init=False)
     last_restore: str | None = field(default=None, init=False)
@@ -803,7 +802,7 @@ def admin_routes(
     raft: RaftNode,
     access: AccessPolicy,
     *,
-    new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    new_id: Callable[[], str] = ids.new_id,
 ) -> tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...]:
     """``POST /admin/restore``: the body is a backup file, verified again, then committed."""
 

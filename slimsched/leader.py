@@ -34,6 +34,7 @@ from slimsched.jobmanifest import (
     run_status_from_job,
 )
 from slimsched.kube import KubeClient
+from slimsched.loopinbox import LoopInbox
 from slimsched.metrics import Metrics
 from slimsched.model import ConcurrencyPolicy, Run, RunStatus, Schedule, TickOutcome
 from slimsched.raft import RaftNode
@@ -90,7 +91,7 @@ class Leader:
         self.namespace = namespace
         self.timings = timings or LeaderTimings()
         self.new_id = new_id
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: LoopInbox | None = None
         self._task: asyncio.Task[None] | None = None
         self._leading = False
         self._cron_wake = asyncio.Event()
@@ -112,14 +113,14 @@ class Leader:
     # -- hooks called in the Raft thread -------------------------------------------------------
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._inbox = LoopInbox(loop)
 
     def on_role_change(self, is_leader: bool) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._set_role, is_leader)
+        if self._inbox is not None:
+            self._inbox.put(self._set_role, is_leader)
 
     def on_applied(self, payload: bytes, result: Result) -> None:
-        if not self._leading or self._loop is None or not result.ok:
+        if not self._leading or self._inbox is None or not result.ok:
             return
         try:
             cmd = orjson.loads(payload)
@@ -128,9 +129,9 @@ class Leader:
         kind = cmd.get("type")
         if kind in _SCHEDULE_COMMANDS:
             sid = None if kind == "restore" else (result.value or {}).get("Id")
-            self._loop.call_soon_threadsafe(self._schedule_touched, sid)
+            self._inbox.put(self._schedule_touched, sid)
         if kind in _RUN_COMMANDS:
-            self._loop.call_soon_threadsafe(self._runs_changed)
+            self._inbox.put(self._runs_changed)
 
     # -- role ----------------------------------------------------------------------------------
 

@@ -12,17 +12,17 @@ import contextlib
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from slimsched import catalog, jobconfig, statemachine
+from slimsched import catalog, heap, ids, jobconfig, statemachine
 from slimsched.access import AccessPolicy
 from slimsched.api import ApiContext, create_app
 from slimsched.backup import Backups, admin_routes
 from slimsched.errors import ConfigError, KubeError
+from slimsched.heap import HeapPolicy, HeapSteward
 from slimsched.kube import KubeClient
 from slimsched.leader import Leader, LeaderTimings
 from slimsched.metrics import Metrics
@@ -68,6 +68,7 @@ class Node:
     jobs: jobconfig.JobsConfiguration
     clock: Callable[[], float] = time.time
     leader_timings: LeaderTimings = field(default_factory=LeaderTimings)
+    heap_policy: HeapPolicy = field(default_factory=HeapPolicy)
     raft: RaftNode = field(init=False)
     metrics: Metrics = field(init=False)
     kube: KubeClient | None = field(init=False)
@@ -75,6 +76,7 @@ class Node:
     _runner: web.AppRunner | None = field(default=None, init=False)
     _ctx: ApiContext | None = field(default=None, init=False)
     _discovery: asyncio.Task[None] | None = field(default=None, init=False)
+    _heap: asyncio.Task[None] | None = field(default=None, init=False)
     _pod_ips_cache: tuple[float, frozenset[str]] = field(default=(-1e9, frozenset()), init=False)
     _accepting: bool = field(default=True, init=False)
     backups: Backups | None = field(default=None, init=False)
@@ -91,7 +93,7 @@ class Node:
             clock=self.clock,
             namespace=self.settings.namespace,
             timings=self.leader_timings,
-            new_id=lambda: uuid.uuid4().hex,
+            new_id=ids.new_id,
         )
         self.raft.set_hooks(on_role_change=self.leader.on_role_change, on_applied=self.leader.on_applied)
         if self.settings.backup_dir:
@@ -139,6 +141,11 @@ class Node:
         log.info("node %s serving HTTP on %s:%s", s.node_id, s.http_host, s.http_port)
         if self.backups is not None:
             self.backups.start()  # task "backup"; stopped (after a last pass) in stop()
+        # Imports, the snapshot just loaded and the journal replayed are long-lived: frozen now.
+        steward = HeapSteward(self.heap_policy, loop.time())
+        steward.step(loop.time())
+        heap.trim()
+        self._heap = loop.create_task(steward.run(loop.time), name="heap")
 
     async def _pod_ips(self) -> Collection[str]:
         """IPs of the namespace's pods (callers that count as in-cluster), cached for 10 s."""
@@ -194,6 +201,10 @@ class Node:
         await self._hand_over_leadership()
         if self.backups is not None:
             await self.backups.stop()
+        if self._heap is not None:
+            self._heap.cancel()
+            await asyncio.wait({self._heap}, timeout=SHUTDOWN_GRACE_SECONDS)
+            self._heap = None
         if self._discovery is not None:
             self._discovery.cancel()
             await asyncio.wait({self._discovery}, timeout=SHUTDOWN_GRACE_SECONDS)

@@ -30,6 +30,7 @@ from pysyncobj.config import SERIALIZER_STATE
 from slimsched import statemachine
 from slimsched.errors import Unavailable
 from slimsched.files import fsync_dir
+from slimsched.loopinbox import LoopInbox
 from slimsched.settings import RaftTimings, Settings
 from slimsched.statemachine import Result, State
 
@@ -200,6 +201,7 @@ class RaftNode:
         self._on_applied = on_applied
         self._snapshotter = _Snapshotter(self)
         self._replica: _Replica | None = None
+        self._inbox: LoopInbox | None = None  # submit's answers, to the loop of the last submit
 
     def set_hooks(
         self,
@@ -303,13 +305,16 @@ class RaftNode:
     async def submit(self, payload: bytes, *, within: float | None = None) -> Result:
         """Propose ``payload``; return its result once committed and applied here, else 503."""
         loop = asyncio.get_running_loop()
+        inbox = self._inbox
+        if inbox is None or inbox.loop is not loop:
+            inbox = self._inbox = LoopInbox(loop)
         deadline = loop.time() + (self.settings.commit_timeout_seconds if within is None else within)
         backoff = 0.02
         while True:
             fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
 
             def done(result: Any, err: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
-                loop.call_soon_threadsafe(_settle, fut, result, err)
+                inbox.put(_settle, fut, result, err)
 
             self._require().apply(payload, callback=done)
             remaining = deadline - loop.time()
