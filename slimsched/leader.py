@@ -3,8 +3,9 @@
 Being leader is never enough to act (pysyncobj has no lease: a deposed leader believes it leads
 for ``leaderFallbackTimeout``). Every effect follows a committed command: a tick becomes a run
 only through a committed ``fire_tick`` (which the state machine accepts once per tick), a Job is
-created only after a committed ``start_dispatch``, and its name is derived from the run id so a
-second create, by any leader, is an HTTP 409. A new leader first commits a barrier, then
+created only after a committed command put its run in Dispatching (``start_dispatch``, or the
+run's own ``fire_tick`` when it could start at once), and its name is derived from the run id
+so a second create, by any leader, is an HTTP 409. A new leader first commits a barrier, then
 reconciles the runs left in "Dispatching", and only then fires and dispatches.
 
 The loops are event-driven: the cron loop sleeps until the next fire time of a heap keyed by
@@ -19,7 +20,7 @@ import contextlib
 import heapq
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -108,6 +109,9 @@ class Leader:
         self.discovered: frozenset[str] = frozenset()
         self._discovery_seen = False
         self._inflight: set[str] = set()
+        self._claims: dict[str, int] = {}  # per job: fire-time claims proposed, not yet answered
+        self._term_tasks: asyncio.TaskGroup | None = None
+        self._dispatch_sem = asyncio.Semaphore(self.timings.max_concurrent_dispatches)
         self._closed = False
 
     # -- hooks called in the Raft thread -------------------------------------------------------
@@ -201,11 +205,16 @@ class Leader:
             await self.restore_hook()
         await self._sync_runs()
         log.info("leader barrier committed and runs reconciled: firing and dispatching")
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._cron_loop(), name="leader-cron")
-            tg.create_task(self._dispatch_loop(), name="leader-dispatch")
-            tg.create_task(self._status_loop(), name="leader-status")
-            tg.create_task(self._declared_loop(), name="leader-declared-schedules")
+        self._dispatch_sem = asyncio.Semaphore(self.timings.max_concurrent_dispatches)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._term_tasks = tg  # Job creations of runs claimed at fire time run here
+                tg.create_task(self._cron_loop(), name="leader-cron")
+                tg.create_task(self._dispatch_loop(), name="leader-dispatch")
+                tg.create_task(self._status_loop(), name="leader-status")
+                tg.create_task(self._declared_loop(), name="leader-declared-schedules")
+        finally:
+            self._term_tasks = None
 
     async def _propose_until_committed(self, kind: str, **fields: Any) -> Result:
         rid = self.new_id()
@@ -347,6 +356,8 @@ class Leader:
             return
         at = int(self.clock() * 1000)
         fields: dict[str, Any] = {"schedule_id": s.id, "at": at}
+        claimed: Run | None = None
+        result: Result | None = None
         if plan.due is None:
             fields.update(
                 tick=plan.missed[-1], outcome=TickOutcome.MISSED.value, missed=list(plan.missed[:-1])
@@ -383,14 +394,37 @@ class Leader:
                         schedule_id=s.id,
                         tick=tick,
                     )
+                    if self._can_claim(run):
+                        # One commit both fires the tick and starts the dispatch (see _can_claim).
+                        status = self.raft.status()
+                        run = replace(
+                            run,
+                            status=RunStatus.DISPATCHING,
+                            dispatch_term=status.term,
+                            dispatch_index=status.commit_index,
+                        )
+                        claimed = run
+                        self._claims[run.job_name] = self._claims.get(run.job_name, 0) + 1
+                        self._inflight.add(run.id)
                     fields.update(outcome=TickOutcome.FIRED.value, run=codec.run_to_dict(run))
-        async with sem:
-            # No rid: the state machine's tick check makes a repeated FireTick a "duplicate".
-            try:
-                result = await self.raft.submit(encode_command("fire_tick", **fields))
-            except ApiError as e:
-                log.warning("fire_tick %s@%s not committed: %s", s.id, fields["tick"], e.message)
-                return
+        try:
+            async with sem:
+                # No rid: the state machine's tick check makes a repeated FireTick a "duplicate".
+                try:
+                    result = await self.raft.submit(encode_command("fire_tick", **fields))
+                except ApiError as e:
+                    log.warning("fire_tick %s@%s not committed: %s", s.id, fields["tick"], e.message)
+                    return
+        finally:
+            if claimed is not None:
+                self._claims[claimed.job_name] -= 1
+                if not self._claims[claimed.job_name]:
+                    del self._claims[claimed.job_name]
+                if not (result is not None and result.ok) or self._term_tasks is None:
+                    self._inflight.discard(claimed.id)
+                else:
+                    self.metrics.claimed_at_fire.inc()
+                    self._term_tasks.create_task(self._create_claimed(claimed), name=f"dispatch-{claimed.id}")
         if result.ok:
             outcome = fields["outcome"]
             self.metrics.ticks.labels(outcome).inc()
@@ -399,10 +433,35 @@ class Leader:
             if outcome == TickOutcome.FIRED.value:
                 self.metrics.lateness.observe(max(0.0, self.clock() - fields["tick"]))
 
+    def _can_claim(self, run: Run) -> bool:
+        """A cron run may start dispatching in its own FireTick: one commit less per tick.
+
+        Only when the dispatch pass would start it at once anyway: Kubernetes is configured, the
+        run waits on no dependency, no earlier run of its job is queued (FIFO), and a slot is
+        free counting the claims still in flight. The claim carries the term and commit index,
+        as StartDispatch does, and the Job is created only once the FireTick is committed; a
+        leader that dies before creating it leaves the run in Dispatching, which the next
+        leader reconciles like any other.
+        """
+        if self.kube is None or run.spec.depends_on:
+            return False
+        queued, active = self.raft.read(
+            lambda st: (bool(st.queued.get(run.job_name)), st.active.get(run.job_name, 0))
+        )
+        limit = self.jobs.job(run.job_name).number_parallel_job
+        return not queued and active + self._claims.get(run.job_name, 0) < limit
+
+    async def _create_claimed(self, run: Run) -> None:
+        try:
+            async with self._dispatch_sem:
+                await self._create(run)
+        finally:
+            self._inflight.discard(run.id)
+
     # -- dispatch ------------------------------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
-        sem = asyncio.Semaphore(self.timings.max_concurrent_dispatches)
+        sem = self._dispatch_sem
         # Starts run as tasks of this group: a run queued while earlier ones wait on Kubernetes
         # is started at once instead of after the whole previous batch.
         async with asyncio.TaskGroup() as starts:
@@ -433,7 +492,7 @@ class Leader:
         blocked = False
         ready_cache: dict[str, bool] = {}
         for job_name, queued, active in jobs:
-            slots = self.jobs.job(job_name).number_parallel_job - active
+            slots = self.jobs.job(job_name).number_parallel_job - active - self._claims.get(job_name, 0)
             for run in queued:
                 if slots <= 0:
                     break

@@ -38,6 +38,11 @@ class Metrics:
             registry=r,
         )
         self.dispatched = Counter("slimsched_jobs_dispatched", "Kubernetes Jobs created", registry=r)
+        self.claimed_at_fire = Counter(
+            "slimsched_runs_claimed_at_fire",
+            "Cron runs whose FireTick also started their dispatch (one commit instead of two)",
+            registry=r,
+        )
         self.dispatch_errors = Counter(
             "slimsched_dispatch_errors", "Failed attempts to create or inspect Kubernetes Jobs", registry=r
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -144,6 +145,44 @@ def test_number_parallel_job_caps_active_jobs_and_positions_count_down(kc: KubeC
         assert seen[-1] == -1
     last = positions_seen[ids[-1]]
     assert last[0] >= 1 and set(last) - {-1}, f"the last run was seen waiting in the queue: {last}"
+
+
+def _metric(kc: KubeCluster, name: str) -> float:
+    total = 0.0
+    for i in range(3):
+        with urllib.request.urlopen(f"{kc.node_url(i)}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    total += float(line.split()[1])
+    return total
+
+
+def test_cron_runs_claimed_at_fire_keep_the_cap_and_the_queue_order(kc: KubeCluster) -> None:
+    manual = []
+    for i in range(4):
+        status, body = request(f"{kc.node_url(0)}/job/fibonacci", "POST", {"Args": [str(i)]})
+        assert status == 202, body
+        manual.append(body["Id"])
+    status, body = request(f"{kc.node_url(1)}/job-schedules/fibonacci", "POST", {"Schedule": "* * * * * *"})
+    assert status == 201, body
+    sid = body["Id"]
+    max_active = 0
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        max_active = max(max_active, len([j for j in kc.jobs() if not _finished(j)]))
+        time.sleep(0.05)
+    assert request(f"{kc.any_url()}/job-schedules/fibonacci/{sid}", "DELETE")[0] == 204
+    wait_until(
+        lambda: all(r["Status"] == "Succeeded" for r in kc.runs("fibonacci")), 30, "every run succeeded"
+    )
+    assert max_active == 2, "NumberParallelJob 2 was reached and never exceeded"
+    created = kc.created_names()
+    manual_names = {kube_job_name("fibonacci", r) for r in manual}
+    cron_positions = [i for i, name in enumerate(created) if name not in manual_names]
+    assert len(cron_positions) >= 4, created
+    assert max(created.index(n) for n in manual_names) < min(cron_positions), "a cron run overtook the queue"
+    assert len(created) == len(set(created))
+    assert _metric(kc, "slimsched_runs_claimed_at_fire_total") >= 1, "no tick was claimed at fire time"
 
 
 def test_blocked_dependency_does_not_block_other_jobs(kc: KubeCluster) -> None:

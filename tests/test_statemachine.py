@@ -215,6 +215,40 @@ def test_fire_tick_accepts_each_tick_once_and_in_order() -> None:
     assert [(t.tick, t.lateness_ms) for t in state.ledger["s1"]] == [(60, 7), (120, 7)]
 
 
+def test_fire_tick_may_claim_its_run_for_dispatch_with_term_and_index() -> None:
+    state = State()
+    apply(state, encode_command("create_schedule", schedule=_schedule()))
+
+    def fire(tick: int, status: RunStatus, term: int | None, index: int | None) -> statemachine.Result:
+        run = Run(
+            id=f"s1-{tick}",
+            job_name="fib",
+            spec=JobSpec(image="i"),
+            status=status,
+            queued_at_ms=tick * 1000,
+            kube_name=f"s1-{tick}",
+            schedule_id="s1",
+            tick=tick,
+            dispatch_term=term,
+            dispatch_index=index,
+        )
+        fields = {"schedule_id": "s1", "tick": tick, "at": tick * 1000, "outcome": "fired"}
+        return apply(state, encode_command("fire_tick", **fields, run=codec.run_to_dict(run)))
+
+    before = fingerprint(state)
+    assert fire(60, RunStatus.DISPATCHING, None, None).code == "invalid"
+    assert fire(60, RunStatus.SUCCEEDED, None, None).code == "invalid"
+    assert fire(60, RunStatus.PENDING, 3, 40).code == "invalid"
+    assert fingerprint(state) == before, "a refused FireTick changes nothing, not even last_fired"
+    assert fire(60, RunStatus.DISPATCHING, 3, 40).ok
+    claimed = state.runs["s1-60"]
+    assert (claimed.status, claimed.dispatch_term, claimed.dispatch_index) == (RunStatus.DISPATCHING, 3, 40)
+    assert state.active.get("fib") == 1 and not state.queued.get("fib")
+    assert fire(120, RunStatus.QUEUED, None, None).ok
+    assert list(state.queued["fib"]) == ["s1-120"]
+    assert state.last_fired["s1"] == 120
+
+
 def test_fire_tick_from_a_stale_leader_does_not_record_handled_ticks_as_missed() -> None:
     """A deposed leader woken by SIGCONT proposes tick 103 with "missed" 101-102 from its old view;
     the new leader had fired them. They used to be recorded twice, fired and missed (seen through
