@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import heapq
 import itertools
 import random
 import re
@@ -50,6 +51,8 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _SELECTOR_TERM = re.compile(r"\s*(!)?\s*([A-Za-z0-9._/-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9._-]*))?\s*")
+_SELECTOR_SET_TERM = re.compile(r"\s*([A-Za-z0-9._/-]+)\s+(in|notin)\s*\(([A-Za-z0-9._,\s-]*)\)\s*")
+_SELECTOR_SPLIT = re.compile(r",(?![^()]*\))")  # commas outside parentheses
 
 
 def rfc3339(t: float) -> str:
@@ -63,8 +66,9 @@ def rfc3339(t: float) -> str:
 @dataclass(frozen=True)
 class Requirement:
     key: str
-    op: str  # "=", "!=", "exists", "!exists"
+    op: str  # "=", "!=", "exists", "!exists", "in", "notin"
     value: str = ""
+    values: frozenset[str] = frozenset()  # of "in" and "notin"
 
 
 class SelectorError(ValueError):
@@ -72,10 +76,18 @@ class SelectorError(ValueError):
 
 
 def parse_label_selector(selector: str) -> list[Requirement]:
-    """Equality-based selectors: ``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``, comma separated."""
+    """``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``, ``k in (a,b)``, ``k notin (a,b)``, comma separated."""
     reqs: list[Requirement] = []
-    for term in selector.split(","):
+    for term in _SELECTOR_SPLIT.split(selector):
         if not term.strip():
+            continue
+        set_term = _SELECTOR_SET_TERM.fullmatch(term)
+        if set_term is not None:
+            key, op, raw = set_term.groups()
+            values = frozenset(v.strip() for v in raw.split(",") if v.strip())
+            if not values:
+                raise SelectorError(f"unable to parse requirement: {term.strip()!r}: empty set")
+            reqs.append(Requirement(key, op, values=values))
             continue
         m = _SELECTOR_TERM.fullmatch(term)
         if m is None:
@@ -99,6 +111,10 @@ def selector_matches(labels: Mapping[str, str], reqs: list[Requirement]) -> bool
         if r.op == "=" and labels.get(r.key) != r.value:
             return False
         if r.op == "!=" and labels.get(r.key) == r.value:
+            return False
+        if r.op == "in" and labels.get(r.key) not in r.values:
+            return False
+        if r.op == "notin" and labels.get(r.key) in r.values:
             return False
     return True
 
@@ -280,6 +296,8 @@ class Emulator:
         self._random = random.Random(seed)
         self._rv = itertools.count(1)
         self._jobs: dict[tuple[str, str], _SimJob] = {}
+        self._due: list[tuple[float, int, tuple[str, str], _SimJob]] = []  # (next change, seq, key, job)
+        self._seq = itertools.count()
         self._pods: dict[tuple[str, str], _Pod] = {}
         self._workloads: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._cronjobs: dict[tuple[str, str], dict[str, Any]] = {}
@@ -408,6 +426,7 @@ class Emulator:
             return False
         now = max(self._clock(), timeline(sim.plan)[sim.applied - 1].since)
         sim.plan = replace(sim.plan, forced_at=now, forced_success=succeeded)
+        self._advance((namespace, name), sim, now)
         self._step(now)
         self._wake.set()
         return True
@@ -434,37 +453,43 @@ class Emulator:
         """Apply every transition due at ``now``, in order; return the time of the next one.
 
         A finished Job with ``ttlSecondsAfterFinished`` is deleted with its pod once the TTL has
-        passed, as Kubernetes' TTL controller does, so listings do not grow without end.
+        passed, as Kubernetes' TTL controller does, so listings do not grow without end. Jobs
+        wait in a heap keyed by their next change, so a step costs what is due, not every Job
+        kept (a burst of creates was quadratic).
         """
+        while self._due and self._due[0][0] <= now:
+            _, _, key, sim = heapq.heappop(self._due)
+            if self._jobs.get(key) is not sim:
+                continue  # deleted, or replaced by a Job of the same name
+            self._advance(key, sim, now)
+        return self._due[0][0] if self._due else None
+
+    def _advance(self, key: tuple[str, str], sim: _SimJob, now: float) -> None:
+        """Apply what is due for one Job at ``now`` and queue it for its next change."""
         next_change: float | None = None
-        expired: list[tuple[str, str]] = []
-        for key, sim in self._jobs.items():
-            if sim.phase.finished:
-                ttl = sim.obj["spec"].get("ttlSecondsAfterFinished")
-                if ttl is not None and sim.finished_at is not None:
-                    due = sim.finished_at + float(ttl)
-                    if due <= now:
-                        expired.append(key)
-                    else:
-                        next_change = due if next_change is None else min(next_change, due)
-                continue
+        if not sim.phase.finished:
             events = timeline(sim.plan)
             for event in events[sim.applied :]:
                 if event.since > now:
-                    next_change = event.since if next_change is None else min(next_change, event.since)
+                    next_change = event.since
                     break
                 self._transition(sim, event)
                 sim.applied += 1
                 if sim.phase.finished:
                     sim.finished_at = event.since
-                    ttl = sim.obj["spec"].get("ttlSecondsAfterFinished")
-                    if ttl is not None:
-                        due = event.since + float(ttl)
-                        next_change = due if next_change is None else min(next_change, due)
-        for ns, name in expired:
-            sim = self._jobs.pop((ns, name))
-            self._pods.pop((ns, sim.pod.obj["metadata"]["name"]), None)
-        return next_change
+                    break
+        if sim.phase.finished:
+            ttl = sim.obj["spec"].get("ttlSecondsAfterFinished")
+            if ttl is None or sim.finished_at is None:
+                return
+            due = sim.finished_at + float(ttl)
+            if due <= now:
+                del self._jobs[key]
+                self._pods.pop((key[0], sim.pod.obj["metadata"]["name"]), None)
+                return
+            next_change = due
+        if next_change is not None:
+            heapq.heappush(self._due, (next_change, next(self._seq), key, sim))
 
     def _transition(self, sim: _SimJob, at: PhaseAt) -> None:
         ts = rfc3339(at.since)
@@ -683,6 +708,7 @@ class Emulator:
         self._jobs[(namespace, name)] = sim
         self._pods[(namespace, pod_name)] = sim.pod
         self._creations.append(CreateAttempt(namespace, name, "created", ts, now))
+        self._advance((namespace, name), sim, now)
         self._step(now)
         self._wake.set()
         return _json(job, status=201)

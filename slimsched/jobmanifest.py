@@ -72,6 +72,11 @@ def run_selector(run_id: str) -> str:
     return f"{LABEL_RUN_ID}={label_value(run_id)}"
 
 
+def runs_selector(run_ids: Iterable[str]) -> str:
+    """The set-based label selector of the Jobs (and their pods) of several runs."""
+    return f"{LABEL_RUN_ID} in ({','.join(label_value(i) for i in run_ids)})"
+
+
 def _env_var(env: EnvVar) -> dict[str, Any]:
     out: dict[str, Any] = {"name": env.name}
     if env.secret_key_ref is not None:

@@ -33,6 +33,7 @@ from slimsched.jobmanifest import (
     build_job_manifest,
     kube_job_name,
     run_status_from_job,
+    runs_selector,
 )
 from slimsched.kube import KubeClient
 from slimsched.loopinbox import LoopInbox
@@ -47,6 +48,8 @@ _SCHEDULE_COMMANDS = frozenset({"create_schedule", "delete_schedule", "set_pause
 _RUN_COMMANDS = frozenset({"enqueue_run", "fire_tick", "run_status", "cancel_run", "start_dispatch"})
 STOP_DEADLINE_SECONDS = 5.0
 REFRESH_CHUNK = 2000
+LIST_BY_RUN_ID_MAX = 200  # active runs up to which their Jobs are listed by run id
+RUN_IDS_PER_SELECTOR = 50  # run ids per "in (...)" label selector (keeps URLs short)
 
 
 @dataclass(frozen=True)
@@ -578,6 +581,23 @@ class Leader:
             else:
                 await self._status_wake.wait()
 
+    @staticmethod
+    async def _list_of(
+        runs: list[Run], list_fn: Callable[[str], Awaitable[list[dict[str, Any]]]]
+    ) -> list[dict[str, Any]]:
+        """The objects of these runs: by run id while they are few, else every managed one.
+
+        Finished Jobs stay until their TTL (thousands with frequent schedules): listing only
+        the active runs' Jobs keeps a poll in proportion to what is running.
+        """
+        if len(runs) > LIST_BY_RUN_ID_MAX:
+            return await list_fn(f"{LABEL_MANAGED_BY}={MANAGED_BY}")
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(runs), RUN_IDS_PER_SELECTOR):
+            chunk = runs[start : start + RUN_IDS_PER_SELECTOR]
+            found.extend(await list_fn(runs_selector(r.id for r in chunk)))
+        return found
+
     async def _sync_runs(self) -> bool:
         """Commit what Kubernetes shows for active runs; re-create Jobs left in Dispatching.
 
@@ -608,12 +628,11 @@ class Leader:
                 self.metrics.dispatch_errors.inc()
         if not active:
             return False
-        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         try:
-            jobs = {j["metadata"]["name"]: j for j in await self.kube.list_jobs(selector)}
+            jobs = {j["metadata"]["name"]: j for j in await self._list_of(active, self.kube.list_jobs)}
             # Pods only tell what a Job's status does not: why a started Job is not running yet.
-            waiting = any(_job_waiting(jobs.get(r.kube_name)) for r in active)
-            pods = await self.kube.list_pods(selector) if waiting else []
+            waiting = [r for r in active if _job_waiting(jobs.get(r.kube_name))]
+            pods = await self._list_of(waiting, self.kube.list_pods) if waiting else []
         except KubeError:
             self.metrics.dispatch_errors.inc()
             return True

@@ -35,7 +35,14 @@ from slimsched.emulator import (
     selector_matches,
 )
 from slimsched.errors import KubeError
-from slimsched.jobmanifest import build_job_manifest, kube_job_name, run_selector, run_status_from_job
+from slimsched.jobmanifest import (
+    LABEL_MANAGED_BY,
+    build_job_manifest,
+    kube_job_name,
+    run_selector,
+    run_status_from_job,
+    runs_selector,
+)
 from slimsched.kube import KubeClient
 from slimsched.model import EnvVar, JobSpec, KeyRef, ResourceFieldRef, Resources, Run, RunStatus
 
@@ -227,8 +234,11 @@ async def test_list_by_label_selector(kube: KubeClient) -> None:
     assert len(await kube.list_jobs("app.kubernetes.io/managed-by")) == 3
     assert await kube.list_jobs("slimsched/job-name=gamma") == []
     assert len(await kube.list_pods("slimsched/job-name=alpha")) == 2
+    assert runs_selector(["a-1", "b-1"]) == "slimsched/run-id in (a-1,b-1)"
+    ids = await kube.list_jobs(f"slimsched/run-id in (a-1, b-1, zz),{LABEL_MANAGED_BY}")
+    assert sorted(j["metadata"]["name"] for j in ids) == sorted([runs[0].kube_name, runs[2].kube_name])
     with pytest.raises(KubeError) as info:
-        await kube.list_jobs("a in (b, c)")
+        await kube.list_jobs("a in ()")
     assert info.value.status == 400
 
 
@@ -448,6 +458,13 @@ def test_phase_timeline_is_a_function_of_plan_and_time() -> None:
         ("a", {"a": ""}, True),
         ("!a", {"a": ""}, False),
         ("slimsched/run-id=r-1", {"slimsched/run-id": "r-1"}, True),
+        ("a in (1,2)", {"a": "2"}, True),
+        ("a in (1, 2),b=3", {"a": "1", "b": "3"}, True),
+        ("a in (1,2)", {"a": "3"}, False),
+        ("a in (1,2)", {}, False),
+        ("a notin (1,2)", {"a": "3"}, True),
+        ("a notin (1,2)", {}, True),
+        ("b=3,a notin (1,2)", {"a": "1", "b": "3"}, False),
     ],
 )
 def test_label_selectors(selector: str, labels: dict[str, str], matches: bool) -> None:
@@ -456,7 +473,11 @@ def test_label_selectors(selector: str, labels: dict[str, str], matches: bool) -
 
 def test_label_selector_parse() -> None:
     assert parse_label_selector("k=v,!x") == [Requirement("k", "=", "v"), Requirement("x", "!exists")]
-    for bad in ("a in (b)", "!a=b", "=v"):
+    assert parse_label_selector("k in (a, b),x") == [
+        Requirement("k", "in", values=frozenset({"a", "b"})),
+        Requirement("x", "exists"),
+    ]
+    for bad in ("a in ()", "a in b", "a in (b", "!a=b", "=v"):
         with pytest.raises(SelectorError):
             parse_label_selector(bad)
 
