@@ -9,8 +9,8 @@ collection to the permanent generation (``gc.freeze``), which collections skip, 
 collections stop running on their own. Reference counting still frees frozen objects that
 become unreachable (the state's objects hold no cycles); what freezing defers is cyclic
 garbage that outlived its young collection, reclaimed every ``thaw_seconds`` by one full
-collection the steward runs itself. After it, ``malloc_trim`` gives the freed heap back to
-the system, so a node's RSS follows its state down as well as up.
+collection the steward runs itself. Each step ends with ``malloc_trim``, which gives freed
+heap back to the system, so a node's RSS follows its state down as well as up.
 """
 
 from __future__ import annotations
@@ -58,6 +58,11 @@ def trim() -> bool:
     return True
 
 
+def unfreeze() -> None:
+    """Hand every frozen object back to the collector (a node stopping inside a longer process)."""
+    gc.unfreeze()
+
+
 class HeapSteward:
     """Owned by the node: ``step`` is called every ``freeze_seconds`` by its ``heap`` task."""
 
@@ -82,6 +87,7 @@ class HeapSteward:
             log.debug("full collection and trim: %.1f ms", (time.perf_counter() - started) * 1000)
         else:
             gc.collect(1)
+            trim()  # cheap when there is nothing to give back (~50 us); RSS follows deletions
         gc.freeze()
         return full
 

@@ -205,6 +205,7 @@ class Node:
             self._heap.cancel()
             await asyncio.wait({self._heap}, timeout=SHUTDOWN_GRACE_SECONDS)
             self._heap = None
+            heap.unfreeze()  # a node embedded in a longer-lived process leaves nothing frozen
         if self._discovery is not None:
             self._discovery.cancel()
             await asyncio.wait({self._discovery}, timeout=SHUTDOWN_GRACE_SECONDS)
