@@ -113,6 +113,12 @@ def plan(
     first = next_fire(expr, time_zone, cursor)  # cached: schedules often share (expr, cursor)
     if first > now:
         return TickPlan(due=None, missed=(), next_tick=first)
+    second = next_fire(expr, time_zone, first)
+    if second > now:
+        # One tick pending (every tick but after an outage): no walk back, cached answers only.
+        if now - first <= starting_deadline_seconds:
+            return TickPlan(due=first, missed=(), next_tick=second)
+        return TickPlan(due=None, missed=(first,), next_tick=second)
     newest_first: list[int] = []
     it = croniter(expr.strip(), datetime.fromtimestamp(now + 1, tz=zone(time_zone)))
     # Walk back from now: bounded by the number of ticks we list, however long the outage was.

@@ -147,3 +147,34 @@ def test_plan_properties(expr: str, cursor: int, elapsed: int, deadline: int) ->
     if plan.due is not None:
         assert now - plan.due <= deadline
     assert plan.next_tick == cronplan.next_fire(expr, "UTC", now)
+
+
+def _forward_ticks(expr: str, zone: str, cursor: int, now: int) -> list[int]:
+    ticks: list[int] = []
+    tick = cronplan.next_fire(expr, zone, cursor)
+    while tick <= now and len(ticks) < 10_000:
+        ticks.append(tick)
+        tick = cronplan.next_fire(expr, zone, tick)
+    return ticks[-(cronplan.MAX_MISSED_RECORDED + 1) :]
+
+
+# Paris DST: 2025-03-30 01:00 UTC (spring forward), 2025-10-26 01:00 UTC (fall back).
+_DST_EDGES = (1743296400, 1761440400)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["30 2 * * *", "*/30 * * * *", "0 * * * *", "* * * * *", "0 3 * * *"]),
+    st.sampled_from(_DST_EDGES),
+    st.integers(-7200, 7200),
+    st.integers(0, 10800),
+)
+def test_plan_lists_the_forward_ticks_across_dst(expr: str, edge: int, offset: int, elapsed: int) -> None:
+    """Both of plan's paths (one tick pending, or a walk back) list what next_fire steps through."""
+    cursor = edge + offset
+    now = cursor + elapsed
+    plan = cronplan.plan(
+        expr, "Europe/Paris", last_handled=cursor, created_at=0, now=now, starting_deadline_seconds=10**9
+    )
+    listed = [*plan.missed, *([plan.due] if plan.due is not None else [])]
+    assert listed == _forward_ticks(expr, "Europe/Paris", cursor, now)
