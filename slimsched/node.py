@@ -144,7 +144,6 @@ class Node:
         # Imports, the snapshot just loaded and the journal replayed are long-lived: frozen now.
         steward = HeapSteward(self.heap_policy, loop.time())
         steward.step(loop.time())
-        heap.trim()
         self._heap = loop.create_task(steward.run(loop.time), name="heap")
 
     async def _pod_ips(self) -> Collection[str]:
