@@ -420,14 +420,7 @@ class Leader:
                     return
         finally:
             if claimed is not None:
-                self._claims[claimed.job_name] -= 1
-                if not self._claims[claimed.job_name]:
-                    del self._claims[claimed.job_name]
-                if not (result is not None and result.ok) or self._term_tasks is None:
-                    self._inflight.discard(claimed.id)
-                else:
-                    self.metrics.claimed_at_fire.inc()
-                    self._term_tasks.create_task(self._create_claimed(claimed), name=f"dispatch-{claimed.id}")
+                self._claim_answered(claimed, committed=result is not None and result.ok)
         if result.ok:
             outcome = fields["outcome"]
             self.metrics.ticks.labels(outcome).inc()
@@ -453,6 +446,17 @@ class Leader:
         )
         limit = self.jobs.job(run.job_name).number_parallel_job
         return not queued and active + self._claims.get(run.job_name, 0) < limit
+
+    def _claim_answered(self, run: Run, *, committed: bool) -> None:
+        """The FireTick that claimed ``run`` is answered: create its Job if it was committed."""
+        self._claims[run.job_name] -= 1
+        if not self._claims[run.job_name]:
+            del self._claims[run.job_name]
+        if not committed or self._term_tasks is None:
+            self._inflight.discard(run.id)
+            return
+        self.metrics.claimed_at_fire.inc()
+        self._term_tasks.create_task(self._create_claimed(run), name=f"dispatch-{run.id}")
 
     async def _create_claimed(self, run: Run) -> None:
         try:

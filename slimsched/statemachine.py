@@ -268,12 +268,12 @@ def _fire_tick(state: State, cmd: dict[str, Any]) -> Result:
     run = codec.run_from_dict(cmd["run"]) if outcome is TickOutcome.FIRED else None
     if run is not None and run.id in state.runs and not BREAK_FIRE_DEDUP:
         return error("conflict", f"run {run.id} already exists")
-    # Dispatching: the leader claimed the run in its FireTick (one commit instead of two).
-    claimed = run is not None and run.status is RunStatus.DISPATCHING
-    if run is not None and run.status is not RunStatus.QUEUED and not claimed:
-        return error("invalid", "a fired run must be Queued or Dispatching")
-    if claimed and run is not None and (run.dispatch_term is None or run.dispatch_index is None):
-        return error("invalid", "a run claimed in its FireTick needs its dispatch term and index")
+    if run is not None and run.status is not RunStatus.QUEUED:
+        # Dispatching: the leader claimed the run in its FireTick (one commit instead of two).
+        if run.status is not RunStatus.DISPATCHING:
+            return error("invalid", "a fired run must be Queued or Dispatching")
+        if run.dispatch_term is None or run.dispatch_index is None:
+            return error("invalid", "a run claimed in its FireTick needs its dispatch term and index")
     state.last_fired[schedule_id] = tick
     if run is not None:
         _add_run(state, run)

@@ -117,18 +117,27 @@ def test_acknowledged_trigger_dispatched_once_when_leader_dies_right_after(kc: K
     assert kc.created_names().count(name) == 1
 
 
-def test_number_parallel_job_caps_active_jobs_and_positions_count_down(kc: KubeCluster) -> None:
+def _trigger(kc: KubeCluster, job: str, count: int) -> list[str]:
+    """``count`` runs of ``job``, triggered in order through the nodes in turn; their ids."""
     ids = []
-    for i in range(5):
-        status, body = request(f"{kc.node_url(i % 3)}/job/fibonacci", "POST", {"Args": [str(i)]})
+    for i in range(count):
+        status, body = request(f"{kc.node_url(i % 3)}/job/{job}", "POST", {"Args": [str(i)]})
         assert status == 202, body
         ids.append(body["Id"])
+    return ids
+
+
+def _active_jobs(kc: KubeCluster) -> int:
+    return len([j for j in kc.jobs() if not _finished(j)])
+
+
+def test_number_parallel_job_caps_active_jobs_and_positions_count_down(kc: KubeCluster) -> None:
+    ids = _trigger(kc, "fibonacci", 5)
     max_active = 0
     positions_seen: dict[str, list[int]] = {i: [] for i in ids}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        active = [j for j in kc.jobs() if not _finished(j)]
-        max_active = max(max_active, len(active))
+        max_active = max(max_active, _active_jobs(kc))
         runs = {r["Id"]: r for r in kc.runs("fibonacci")}
         for i in ids:
             positions_seen[i].append(runs[i]["PositionInQueue"])
@@ -158,18 +167,14 @@ def _metric(kc: KubeCluster, name: str) -> float:
 
 
 def test_cron_runs_claimed_at_fire_keep_the_cap_and_the_queue_order(kc: KubeCluster) -> None:
-    manual = []
-    for i in range(4):
-        status, body = request(f"{kc.node_url(0)}/job/fibonacci", "POST", {"Args": [str(i)]})
-        assert status == 202, body
-        manual.append(body["Id"])
+    manual = _trigger(kc, "fibonacci", 4)
     status, body = request(f"{kc.node_url(1)}/job-schedules/fibonacci", "POST", {"Schedule": "* * * * * *"})
     assert status == 201, body
     sid = body["Id"]
     max_active = 0
     deadline = time.monotonic() + 8
     while time.monotonic() < deadline:
-        max_active = max(max_active, len([j for j in kc.jobs() if not _finished(j)]))
+        max_active = max(max_active, _active_jobs(kc))
         time.sleep(0.05)
     assert request(f"{kc.any_url()}/job-schedules/fibonacci/{sid}", "DELETE")[0] == 204
     wait_until(
