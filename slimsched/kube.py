@@ -1,18 +1,23 @@
 """The Kubernetes edge: an async facade over the official client, the only importer of ``kubernetes``.
 
 The official client blocks, so every call runs in this client's own thread pool and the event
-loop never waits on the network. Answers are returned as plain dicts in the API's own camelCase
-JSON (read raw and parsed with orjson, never through the client's model classes), so the pure
-code in ``jobmanifest`` reads exactly what a cluster or the emulator sent. Client exceptions
-become ``KubeError`` (with the HTTP status when there is one); the outcomes that dispatching
-treats as normal (409 on create, 404 on get/delete) are answered as values instead.
+loop never waits on the network. Requests go through the client's ``ApiClient`` (its
+configuration, authentication with token refresh, TLS and connection pool) by path, not through
+the generated ``BatchV1Api``/``CoreV1Api``/``AppsV1Api`` classes: importing those three builds
+pydantic validators and model classes for every operation of their groups, 28 MiB of RSS for
+the eight operations used here, and validating arguments costs about 200 us of CPU per call.
+Answers are returned as plain dicts in the API's own camelCase JSON (read raw and parsed with
+orjson, never through the client's model classes), so the pure code in ``jobmanifest`` reads
+exactly what a cluster or the emulator sent. Client exceptions become ``KubeError`` (with the
+HTTP status when there is one); the outcomes that dispatching treats as normal (409 on create,
+404 on get/delete) are answered as values instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -34,6 +39,10 @@ MAX_LIST_PAGES = 1000
 CALL_THREADS = 8
 LOG_STREAM_THREADS = 16
 
+_BATCH = "/apis/batch/v1/namespaces/{namespace}"
+_APPS = "/apis/apps/v1/namespaces/{namespace}"
+_CORE = "/api/v1/namespaces/{namespace}"
+
 
 def _api_error_message(e: ApiException) -> str:
     """The ``message`` of the Status object the API server sent, or the HTTP reason."""
@@ -52,9 +61,6 @@ class KubeClient:
     def __init__(self, api_client: Any, namespace: str) -> None:
         self.namespace = namespace
         self._api = api_client
-        self._batch = k8s.BatchV1Api(api_client)
-        self._core = k8s.CoreV1Api(api_client)
-        self._apps = k8s.AppsV1Api(api_client)
         self._calls = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="slimsched-kube")
         # A followed log holds a thread while it waits for the next line: kept apart so that
         # log readers can never starve job dispatch.
@@ -106,9 +112,47 @@ class KubeClient:
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
             raise KubeError(f"{what}: {type(e).__name__}: {e}") from e
 
-    async def _json(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        name: str | None = None,
+        query: Sequence[tuple[str, str]] = (),
+        body: Mapping[str, Any] | None = None,
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
+        accept: str = "application/json",
+    ) -> urllib3.BaseHTTPResponse:
+        """One request, blocking: the unread response to a 2xx answer, else ``ApiException``."""
+        path_params = {"namespace": self.namespace}
+        if name is not None:
+            path_params["name"] = name
+        request = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            path_params=path_params,
+            query_params=list(query),
+            header_params={"Accept": accept},
+            body=dict(body) if body is not None else None,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(*request, _request_timeout=timeout)
+        if not 200 <= response.status <= 299:
+            response.read()
+            raise ApiException(http_resp=response)
+        raw: urllib3.BaseHTTPResponse = response.response
+        return raw
+
+    async def _json(
+        self,
+        what: str,
+        method: str,
+        path: str,
+        name: str | None = None,
+        query: Sequence[tuple[str, str]] = (),
+        body: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         def call() -> dict[str, Any]:
-            response = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            response = self._send(method, path, name, query, body)
             try:
                 data = orjson.loads(response.data)
             finally:
@@ -119,11 +163,14 @@ class KubeClient:
 
         return await self._run(what, call)
 
-    async def _list(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> list[dict[str, Any]]:
+    async def _list(self, what: str, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
+        query = [("limit", str(LIST_PAGE_SIZE))]
+        if label_selector is not None:
+            query.append(("labelSelector", label_selector))
         token: str | None = None
         for _ in range(MAX_LIST_PAGES):
-            page = await self._json(what, fn, self.namespace, limit=LIST_PAGE_SIZE, _continue=token, **kwargs)
+            page = await self._json(what, "GET", path, query=query + ([("continue", token)] if token else []))
             items.extend(page.get("items") or [])
             token = (page.get("metadata") or {}).get("continue") or None
             if token is None:
@@ -136,9 +183,7 @@ class KubeClient:
         """Create a Job: True if created, False if one of that name already exists (HTTP 409)."""
         name = (manifest.get("metadata") or {}).get("name")
         try:
-            await self._json(
-                f"create job {name}", self._batch.create_namespaced_job, self.namespace, dict(manifest)
-            )
+            await self._json(f"create job {name}", "POST", _BATCH + "/jobs", body=manifest)
         except KubeError as e:
             if e.status == 409:
                 return False
@@ -147,26 +192,24 @@ class KubeClient:
 
     async def get_job(self, name: str) -> dict[str, Any] | None:
         try:
-            return await self._json(f"get job {name}", self._batch.read_namespaced_job, name, self.namespace)
+            return await self._json(f"get job {name}", "GET", _BATCH + "/jobs/{name}", name)
         except KubeError as e:
             if e.status == 404:
                 return None
             raise
 
     async def list_jobs(self, label_selector: str) -> list[dict[str, Any]]:
-        return await self._list(
-            f"list jobs {label_selector}", self._batch.list_namespaced_job, label_selector=label_selector
-        )
+        return await self._list(f"list jobs {label_selector}", _BATCH + "/jobs", label_selector)
 
     async def delete_job(self, name: str) -> bool:
         """Delete a Job and (foreground) its pods: False if there was no such Job."""
         try:
             await self._json(
                 f"delete job {name}",
-                self._batch.delete_namespaced_job,
+                "DELETE",
+                _BATCH + "/jobs/{name}",
                 name,
-                self.namespace,
-                propagation_policy="Foreground",
+                query=[("propagationPolicy", "Foreground")],
             )
         except KubeError as e:
             if e.status == 404:
@@ -177,18 +220,13 @@ class KubeClient:
     # --- pods, workloads, cronjobs ----------------------------------------------------------
 
     async def list_pods(self, label_selector: str) -> list[dict[str, Any]]:
-        return await self._list(
-            f"list pods {label_selector}", self._core.list_namespaced_pod, label_selector=label_selector
-        )
+        return await self._list(f"list pods {label_selector}", _CORE + "/pods", label_selector)
 
     async def workload_ready(self, name: str) -> bool:
         """A Deployment (else a StatefulSet) ``name`` has all its replicas ready; missing: False."""
-        for kind, read in (
-            ("deployment", self._apps.read_namespaced_deployment),
-            ("statefulset", self._apps.read_namespaced_stateful_set),
-        ):
+        for kind, resource in (("deployment", "deployments"), ("statefulset", "statefulsets")):
             try:
-                obj = await self._json(f"get {kind} {name}", read, name, self.namespace)
+                obj = await self._json(f"get {kind} {name}", "GET", f"{_APPS}/{resource}/{{name}}", name)
             except KubeError as e:
                 if e.status == 404:
                     continue
@@ -200,19 +238,20 @@ class KubeClient:
         return False
 
     async def list_cronjobs(self) -> list[dict[str, Any]]:
-        return await self._list("list cronjobs", self._batch.list_namespaced_cron_job)
+        return await self._list("list cronjobs", _BATCH + "/cronjobs")
 
     # --- logs -------------------------------------------------------------------------------
 
-    def _open_log(self, pod_name: str, **kwargs: Any) -> urllib3.HTTPResponse:
-        # Typed as returning the log text; with _preload_content=False it is the raw response.
-        read: Callable[..., Any] = self._core.read_namespaced_pod_log
-        response: urllib3.HTTPResponse = read(pod_name, self.namespace, _preload_content=False, **kwargs)
-        return response
+    def _open_log(
+        self, pod_name: str, query: Sequence[tuple[str, str]], timeout: tuple[float, float]
+    ) -> urllib3.BaseHTTPResponse:
+        path = _CORE + "/pods/{name}/log"
+        return self._send("GET", path, pod_name, query, timeout=timeout, accept="text/plain")
 
     async def read_pod_log(self, pod_name: str, tail_lines: int | None = None) -> str:
         def call() -> str:
-            response = self._open_log(pod_name, tail_lines=tail_lines, _request_timeout=REQUEST_TIMEOUT)
+            query = [] if tail_lines is None else [("tailLines", str(tail_lines))]
+            response = self._open_log(pod_name, query, REQUEST_TIMEOUT)
             try:
                 return response.data.decode("utf-8", errors="replace")
             finally:
@@ -224,7 +263,7 @@ class KubeClient:
         """The pod's log lines (without their newline) as they are written, until the pod ends."""
         what = f"follow log of pod {pod_name}"
         response = await self._run(
-            what, lambda: self._open_log(pod_name, follow=True, _request_timeout=FOLLOW_TIMEOUT)
+            what, lambda: self._open_log(pod_name, [("follow", "true")], FOLLOW_TIMEOUT)
         )
         lines: Iterator[bytes] = iter(response)
         exhausted = False

@@ -341,6 +341,50 @@ async def test_list_cronjobs(emulator: Emulator, kube: KubeClient) -> None:
     assert cron["spec"]["suspend"] is True
 
 
+_LEAN_CLIENT_SCRIPT = """
+import asyncio, sys
+from slimsched.kube import KubeClient
+
+async def main(url):
+    kube = KubeClient.from_url(url, "default")
+    manifest = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "lean"},
+                "spec": {"template": {"spec": {"restartPolicy": "Never",
+                                               "containers": [{"name": "c", "image": "busybox"}]}}}}
+    assert await kube.create_job(manifest)
+    assert await kube.get_job("lean") is not None
+    assert len(await kube.list_jobs("")) == 1
+    await kube.list_pods("")
+    await kube.workload_ready("absent")
+    await kube.list_cronjobs()
+    assert await kube.delete_job("lean")
+    await kube.close()
+
+asyncio.run(main(sys.argv[1]))
+generated = ("kubernetes.client.api.", "kubernetes.client.models.")
+print(" ".join(sorted(m for m in sys.modules if m.startswith(generated))))
+"""
+
+
+async def test_client_leaves_the_generated_api_classes_unimported(emulator: Emulator) -> None:
+    """Importing BatchV1Api, CoreV1Api and AppsV1Api would add 28 MiB to every node (bench_memory)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _LEAN_CLIENT_SCRIPT,
+        str(emulator.url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    finally:
+        if proc.returncode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().split() == []
+
+
 # --- logs ----------------------------------------------------------------------------------------
 
 
