@@ -163,7 +163,11 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slimsched", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="slimsched",
+        description="A replicated cron and job scheduler for Kubernetes: 'serve' runs one node, "
+        "'local' a whole cluster on 127.0.0.1.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run one node (settings from SLIMSCHED_* variables and flags)")

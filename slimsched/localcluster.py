@@ -22,6 +22,10 @@ from typing import Any
 
 import orjson
 
+# The image runs nodes with PYTHONOPTIMIZE=2 (deploy/Dockerfile): without the docstrings of every
+# imported module an idle node holds about 2.5 MiB less. Local nodes run the same way.
+NODE_PYTHON_FLAGS = ("-OO",)
+
 
 def request_json(url: str, method: str = "GET", body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
     """A blocking JSON request: (status, decoded body or None), error statuses included."""
@@ -78,6 +82,7 @@ class LocalCluster:
     jobs_configuration: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     log_dir: str | None = None
+    python: str = sys.executable
 
     @staticmethod
     def create(
@@ -90,6 +95,7 @@ class LocalCluster:
         env: Mapping[str, str] | None = None,
         backups: bool = False,
         raft_bind_ports: list[int] | None = None,
+        python: str | None = None,
     ) -> LocalCluster:
         ports = free_ports(2 * n) if http_ports is None or raft_ports is None else []
         http = http_ports or ports[:n]
@@ -106,12 +112,18 @@ class LocalCluster:
             for i in range(n)
         ]
         return LocalCluster(
-            base_dir, nodes, jobs_configuration, dict(env or {}), os.path.join(base_dir, "logs")
+            base_dir,
+            nodes,
+            jobs_configuration,
+            dict(env or {}),
+            os.path.join(base_dir, "logs"),
+            python or sys.executable,
         )
 
     def _command(self, node: LocalNode) -> list[str]:
         return [
-            sys.executable,
+            self.python,
+            *NODE_PYTHON_FLAGS,
             "-m",
             "slimsched",
             "serve",

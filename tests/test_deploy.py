@@ -23,6 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from slimsched.localcluster import NODE_PYTHON_FLAGS
 from slimsched.settings import ENV_VARS
 
 Obj = dict[str, Any]
@@ -451,6 +452,11 @@ def test_dockerfile_matches_the_manifests() -> None:
     assert [json.loads(e) for e in get("ENTRYPOINT")] == [["slimsched", "serve"]]
     assert any("pip install --no-cache-dir ." in r for r in get("RUN"))
     env_names = {m for rest in get("ENV") for m in re.findall(r"(\w+)=", rest)}
+    # the image and `slimsched local` run nodes at the same optimization level, with its bytecode
+    # compiled at build time (the container writes none)
+    assert any("PYTHONOPTIMIZE=2" in rest.split() for rest in get("ENV"))
+    assert NODE_PYTHON_FLAGS == ("-OO",)
+    assert any("compileall" in r and "-o 2" in r for r in get("RUN"))
     assert {n for n in env_names if n.startswith(("SLIMSCHED_", "SlimData", "SlimFaas"))} <= ENV_VARS
     # what the image copies exists and is let through by the build-context filter
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
