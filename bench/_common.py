@@ -155,15 +155,16 @@ def cluster(
     kube_url: str | None = None,
     env: Mapping[str, str] | None = None,
     jobs_configuration: str = BENCH_JOBS_CONFIGURATION,
+    python: str | None = None,
 ) -> Iterator[LocalCluster]:
-    """A LocalCluster of ``slimsched serve`` processes in a temporary directory, ready."""
+    """A LocalCluster of ``slimsched serve`` processes (run by ``python``) in a temporary directory, ready."""
     full_env = {"SLIMSCHED_LOG_LEVEL": "WARNING", **(env or {})}
     if kube_url is None:
         full_env.setdefault("SLIMSCHED_KUBE_MODE", "none")
     else:
         full_env.update(SLIMSCHED_KUBE_MODE="url", SLIMSCHED_KUBE_URL=kube_url)
     with tempfile.TemporaryDirectory(prefix="slimsched-bench-") as base:
-        c = LocalCluster.create(n, base, jobs_configuration=jobs_configuration, env=full_env)
+        c = LocalCluster.create(n, base, jobs_configuration=jobs_configuration, env=full_env, python=python)
         c.start()
         try:
             c.wait_ready(timeout=60)

@@ -1,34 +1,46 @@
 """RSS of a slimsched node idle, and per schedule with 100,000 schedules.
 
 1. What importing costs: RSS of a bare interpreter, then after importing each heavy dependency
-   and the node module (each in a fresh process).
-2. A 3-node cluster (no Kubernetes: ``SLIMSCHED_KUBE_MODE=none``): RSS of each node idle, then
-   after 100,000 schedules created through the API (64 clients spread over the nodes; daily
-   expressions ``M H * * *`` with one Arg) and a settling pause: (after - idle) / 100,000.
-3. The replicated state alone: tracemalloc of a ``State`` fed the same 100,000
+   and the node module (each in a fresh process), plain and with ``-OO`` (nodes run with
+   ``-OO``: the image sets PYTHONOPTIMIZE=2). The last row is what the node no longer imports:
+   the official client's generated API classes for the three groups it reads.
+2. Idle nodes as they run in production, each with a Kubernetes client (an emulator behind
+   ``SLIMSCHED_KUBE_MODE=url``): a 3-node cluster from this environment (test extras installed),
+   and one from a fresh virtual environment holding only the runtime dependencies, as the image
+   does (``--no-runtime-venv`` skips it; it takes about 20 s to build).
+3. Per schedule: a 3-node cluster (``SLIMSCHED_KUBE_MODE=none``, so nothing fires), RSS of each
+   node idle, then after 100,000 schedules created through the API (64 clients spread over the
+   nodes; daily expressions ``M H * * *`` with one Arg) and a settling pause:
+   (after - idle) / 100,000.
+4. The replicated state alone: tracemalloc of a ``State`` fed the same 100,000
    ``create_schedule`` commands through ``statemachine.apply`` in this process.
 
-Run: ``.venv/bin/python -m bench.bench_memory [--schedules 100000]``
+Run: ``.venv/bin/python -m bench.bench_memory [--schedules 100000] [--no-runtime-venv]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 
-from bench._common import BENCH_JOB, cluster, node_pid, rss_bytes, say, table
+from bench._common import BENCH_JOB, cluster, emulator_process, node_pid, rss_bytes, say, table
 from bench.bench_firing import create_schedules
 from slimsched import codec, jobconfig, statemachine
 
 MIB = 1024 * 1024
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMPORT_STEPS = (
     ("bare interpreter", ""),
     ("+ asyncio, orjson", "import asyncio, orjson"),
@@ -37,21 +49,53 @@ IMPORT_STEPS = (
     ("+ croniter, prometheus_client", "import croniter, prometheus_client"),
     ("+ kubernetes client", "import kubernetes.client"),
     ("+ slimsched.node (all of the above)", "import slimsched.node"),
+    (
+        "(not imported) + BatchV1Api, CoreV1Api, AppsV1Api",
+        "from kubernetes.client import BatchV1Api, CoreV1Api, AppsV1Api",
+    ),
 )
+READ_RSS = "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])"
 
 
-def import_rss() -> list[list[object]]:
+def import_rss(python: str = sys.executable) -> list[list[object]]:
     rows: list[list[object]] = []
     code = ""
     for label, stmt in IMPORT_STEPS:
         code = f"{code}; {stmt}" if stmt else code
-        script = (
-            f"{code.lstrip('; ')}\n" if code else ""
-        ) + "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])"
-        cmd = [sys.executable, "-c", script]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60)
-        rows.append([label, f"{int(out.stdout.strip()) / 1024:.1f}"])
+        script = (f"{code.lstrip('; ')}\n" if code else "") + READ_RSS
+        row: list[object] = [label]
+        for flags in ([], ["-OO"]):
+            out = subprocess.run(
+                [python, *flags, "-c", script], capture_output=True, text=True, check=True, timeout=60
+            )
+            row.append(f"{int(out.stdout.strip()) / 1024:.1f}")
+        rows.append(row)
     return rows
+
+
+@contextlib.contextmanager
+def runtime_venv() -> Iterator[str]:
+    """The python of a fresh virtual environment with only slimsched's runtime dependencies."""
+    with tempfile.TemporaryDirectory(prefix="slimsched-runtime-") as base:
+        subprocess.run([sys.executable, "-m", "venv", base], check=True, timeout=120)
+        python = os.path.join(base, "bin", "python")
+        subprocess.run(
+            [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", REPO],
+            check=True,
+            timeout=600,
+        )
+        # as deploy/Dockerfile does: the nodes start with their -OO bytecode already compiled
+        compile_all = [python, "-m", "compileall", "-q", "-j", "0", "-o", "2", base]
+        subprocess.run(compile_all, check=True, timeout=600)
+        yield python
+
+
+def idle_cluster_rss(python: str | None, settle: float) -> list[float]:
+    """RSS in MiB of each node of an idle 3-node cluster with a Kubernetes client (the emulator)."""
+    with emulator_process() as (url, _pid), cluster(kube_url=url, python=python) as c:
+        c.wait_leader()
+        time.sleep(settle)
+        return [rss_bytes(node_pid(c, i)) / MIB for i in range(len(c.nodes))]
 
 
 def exprs(n: int, seed: int = 3) -> list[str]:
@@ -91,10 +135,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--schedules", type=int, default=100_000)
     parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait before reading RSS")
+    parser.add_argument("--no-runtime-venv", action="store_true", help="skip the runtime-only environment")
     args = parser.parse_args(argv)
     n = args.schedules
 
     imports = import_rss()
+    idle_rows: list[list[object]] = []
+    mib = idle_cluster_rss(None, args.settle)
+    idle_rows.append(["this environment (test extras)", *(f"{m:.1f}" for m in mib)])
+    say(f"idle with a Kubernetes client, this environment: {idle_rows[-1][1:]}")
+    runtime_imports: list[list[object]] = []
+    if not args.no_runtime_venv:
+        with runtime_venv() as python:
+            runtime_imports = import_rss(python)
+            mib = idle_cluster_rss(python, args.settle)
+        idle_rows.append(["runtime dependencies only (as the image)", *(f"{m:.1f}" for m in mib)])
+        say(f"idle with a Kubernetes client, runtime only: {idle_rows[-1][1:]}")
     rows: list[list[object]] = []
     with cluster() as c:
         leader = c.wait_leader()
@@ -122,8 +178,13 @@ def main(argv: list[str] | None = None) -> None:
                 ]
             )
     state_bps = state_bytes_per_schedule(n)
-    print("\nRSS after imports (fresh process each):\n")
-    print(table(["process", "RSS MiB"], imports))
+    print("\nRSS after imports (fresh process each), this environment:\n")
+    print(table(["process", "RSS MiB", "RSS MiB with -OO"], imports))
+    if runtime_imports:
+        print("\nThe same, runtime dependencies only:\n")
+        print(table(["process", "RSS MiB", "RSS MiB with -OO"], runtime_imports))
+    print("\nIdle 3-node clusters with a Kubernetes client (SLIMSCHED_KUBE_MODE=url, the emulator):\n")
+    print(table(["environment", "node 0 MiB", "node 1 MiB", "node 2 MiB"], idle_rows))
     print(f"\n3-node cluster, SLIMSCHED_KUBE_MODE=none, {len(created)} schedules created via the API.\n")
     print(table(["node", "idle RSS MiB", f"RSS with {len(created)} schedules MiB", "bytes/schedule"], rows))
     print(
