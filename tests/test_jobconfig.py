@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from slimsched import codec
 from slimsched.errors import BadRequest, ConfigError
 from slimsched.jobconfig import (
     BUILTIN_DEFAULT,
@@ -35,6 +36,7 @@ from slimsched.model import (
     Resources,
     RestartPolicy,
     Visibility,
+    VolumeMount,
 )
 from slimsched.quantities import parse_quantity
 
@@ -1115,6 +1117,32 @@ _overrides = st.builds(
     parallelism=_ints,
     completions=_ints,
 )
+
+
+_volume_mounts = _mostly_none(
+    st.lists(
+        st.builds(
+            VolumeMount,
+            name=st.text(max_size=4),
+            mount_path=st.text(max_size=4),
+            read_only=st.booleans(),
+            sub_path=st.none() | st.text(max_size=4),
+        ),
+        max_size=2,
+    ).map(tuple)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(overrides=_overrides, volume_mounts=_volume_mounts)
+def test_overrides_survive_the_json_codec(
+    overrides: JobOverrides, volume_mounts: tuple[VolumeMount, ...] | None
+) -> None:
+    """Every field set comes back and none appears from nowhere (snapshots, backups, commands)."""
+    overrides = replace(overrides, volume_mounts=volume_mounts)
+    encoded = codec.overrides_to_dict(overrides)
+    assert None not in encoded.values()
+    assert codec.overrides_from_dict(json.loads(json.dumps(encoded))) == overrides
 
 
 def _assert_within_the_configuration(config: JobConfig, spec: JobSpec) -> None:
