@@ -8,8 +8,8 @@ run's own ``fire_tick`` when it could start at once), and its name is derived fr
 so a second create, by any leader, is an HTTP 409. A new leader first commits a barrier, then
 reconciles the runs left in "Dispatching", and only then fires and dispatches.
 
-The loops are event-driven: the cron loop sleeps until the next fire time of a heap keyed by
-time (woken early when a schedule changes); the dispatch loop wakes when a run is queued or ends;
+The loops are event-driven: the cron loop sleeps until the first next tick of its ``DueQueue``
+(woken early when a schedule changes); the dispatch loop wakes when a run is queued or ends;
 Kubernetes is polled only while runs are active. All of them stop at once when leadership goes.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
@@ -26,6 +25,7 @@ from typing import Any
 import orjson
 
 from slimsched import catalog, codec, cronplan, jobconfig
+from slimsched.duequeue import DueQueue
 from slimsched.errors import ApiError, KubeError
 from slimsched.jobmanifest import (
     LABEL_MANAGED_BY,
@@ -103,8 +103,7 @@ class Leader:
         self._status_wake = asyncio.Event()
         self._touched: set[str] = set()
         self._rebuild = True
-        self._next: dict[str, int] = {}
-        self._heap: list[tuple[int, str]] = []
+        self._due = DueQueue()
         self._deleted_jobs: set[str] = set()
         self._declared_wake = asyncio.Event()
         self.not_leading = asyncio.Event()
@@ -285,12 +284,11 @@ class Leader:
         """
         if sids is None:
             ids = self.raft.read(lambda st: list(st.schedules))
-            self._next.clear()
-            self._heap.clear()
+            self._due.clear()
         else:
             ids = list(sids)
             for sid in ids:
-                self._next.pop(sid, None)
+                self._due.discard(sid)
         work: list[_Due] = []
         for start in range(0, len(ids), REFRESH_CHUNK):
             chunk = ids[start : start + REFRESH_CHUNK]
@@ -314,13 +312,9 @@ class Leader:
                     continue
                 if plan.due is not None or plan.missed:
                     work.append(_Due(due.schedule, due.last_fired, due.active_runs, plan))
-                self._next[due.schedule.id] = plan.next_tick
-                heapq.heappush(self._heap, (plan.next_tick, due.schedule.id))
+                self._due.put(due.schedule.id, plan.next_tick)
             if len(ids) > REFRESH_CHUNK:
                 await asyncio.sleep(0)
-        if len(self._heap) > 4 * max(len(self._next), 1024):
-            self._heap = [(t, i) for i, t in self._next.items()]
-            heapq.heapify(self._heap)
         return work
 
     async def _cron_loop(self) -> None:
@@ -332,12 +326,8 @@ class Leader:
                 self._touched.clear()
                 work = await self._refresh(None, now)
             else:
-                due_ids = set(self._touched)
+                due_ids = self._due.pop_due(now) | self._touched
                 self._touched.clear()
-                while self._heap and self._heap[0][0] <= now:
-                    tick, sid = heapq.heappop(self._heap)
-                    if self._next.get(sid) == tick:
-                        due_ids.add(sid)
                 work = await self._refresh(due_ids, now) if due_ids else []
             if work:
                 await asyncio.gather(*(self._fire(d, now, sem) for d in work))
@@ -345,7 +335,8 @@ class Leader:
                 self._touched.update(d.schedule.id for d in work)
                 continue
             self._cron_wake.clear()
-            delay = (self._heap[0][0] - self.clock()) if self._heap else 3600.0
+            first = self._due.first()
+            delay = (first - self.clock()) if first is not None else 3600.0
             if delay > 0 and not self._touched and not self._rebuild:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(delay, 3600.0)):
