@@ -10,8 +10,9 @@
    does (``--no-runtime-venv`` skips it; it takes about 20 s to build).
 3. Per schedule: a 3-node cluster (``SLIMSCHED_KUBE_MODE=none``, so nothing fires), RSS of each
    node idle, then after 100,000 schedules created through the API (64 clients spread over the
-   nodes; daily expressions ``M H * * *`` with one Arg) and a settling pause:
-   (after - idle) / 100,000.
+   nodes; daily expressions ``M H * * *`` with one Arg) and a settling pause, (after - idle) /
+   100,000: once with the Raft log since the last snapshot still held (up to 20,000 entries),
+   once after the idle compaction that follows 30 s without writes.
 4. The replicated state alone: tracemalloc of a ``State`` fed the same 100,000
    ``create_schedule`` commands through ``statemachine.apply`` in this process.
 
@@ -38,6 +39,7 @@ from dataclasses import replace
 from bench._common import BENCH_JOB, cluster, emulator_process, node_pid, rss_bytes, say, table
 from bench.bench_firing import create_schedules
 from slimsched import codec, jobconfig, statemachine
+from slimsched.settings import RaftTimings
 
 MIB = 1024 * 1024
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,12 +169,17 @@ def main(argv: list[str] | None = None) -> None:
                 break
             time.sleep(1)
         time.sleep(args.settle)
-        full = {i: rss_bytes(p) for i, p in pids.items()}
+        busy = {i: rss_bytes(p) for i, p in pids.items()}  # the log since the last snapshot held
+        time.sleep(RaftTimings().idle_compaction_seconds)
+        time.sleep(args.settle)
+        full = {i: rss_bytes(p) for i, p in pids.items()}  # after the quiet log's compaction
         for i in range(len(c.nodes)):
             rows.append(
                 [
                     f"node {i} ({'leader' if i == leader else 'follower'})",
                     f"{idle[i] / MIB:.1f}",
+                    f"{busy[i] / MIB:.1f}",
+                    f"{(busy[i] - idle[i]) / len(created):.0f}",
                     f"{full[i] / MIB:.1f}",
                     f"{(full[i] - idle[i]) / len(created):.0f}",
                 ]
@@ -186,7 +193,12 @@ def main(argv: list[str] | None = None) -> None:
     print("\nIdle 3-node clusters with a Kubernetes client (SLIMSCHED_KUBE_MODE=url, the emulator):\n")
     print(table(["environment", "node 0 MiB", "node 1 MiB", "node 2 MiB"], idle_rows))
     print(f"\n3-node cluster, SLIMSCHED_KUBE_MODE=none, {len(created)} schedules created via the API.\n")
-    print(table(["node", "idle RSS MiB", f"RSS with {len(created)} schedules MiB", "bytes/schedule"], rows))
+    print(
+        f"RSS {args.settle:.0f} s after the last create (with the log since the last snapshot), then "
+        f"after the log's idle compaction ({RaftTimings().idle_compaction_seconds:.0f} s quiet):\n"
+    )
+    header = ["node", "idle RSS MiB", "RSS MiB, log held", "bytes/schedule", "RSS MiB, compacted"]
+    print(table([*header, "bytes/schedule, compacted"], rows))
     print(
         f"\nReplicated State alone (tracemalloc, {n} create_schedule commands): "
         f"{state_bps:.0f} bytes per schedule"

@@ -67,6 +67,12 @@ class RaftStatus:
         return self.leader is not None and self.applied_index >= self.commit_index
 
 
+def idle_compaction_due(timings: RaftTimings, now: float, last_applied_at: float, applied: int) -> bool:
+    """Compact now: enough entries applied since the last dump, and none for a while."""
+    quiet = now - last_applied_at >= timings.idle_compaction_seconds
+    return quiet and applied >= timings.idle_compaction_entries
+
+
 class _Snapshotter:
     """Writes dumps off the Raft thread; pysyncobj polls ``check`` for the outcome."""
 
@@ -74,9 +80,12 @@ class _Snapshotter:
         self._node = node
         self._thread: threading.Thread | None = None
         self._outcome: int | None = None
+        self.applied = 0  # entries applied since the last dump began (Raft thread only)
+        self.last_applied_at = 0.0
 
     def serialize(self, tmp_file: str, raft_data: tuple[Any, ...]) -> None:
         # Runs in the Raft thread, right after the entry at raft_data[0] was applied: copy now.
+        self.applied = 0
         state = self._node._copy_state()
         final = tmp_file.removesuffix(".tmp")
         self._outcome = None
@@ -109,6 +118,12 @@ class _Snapshotter:
 
     def check(self) -> int:
         if self._thread is None:
+            replica = self._node._replica
+            timings = self._node.settings.timings
+            if replica is not None and idle_compaction_due(
+                timings, time.monotonic(), self.last_applied_at, self.applied
+            ):
+                replica.forceLogCompaction()  # pysyncobj acts on it in this same tick
             return int(SERIALIZER_STATE.NOT_SERIALIZING)
         if self._thread.is_alive() or self._outcome is None:
             return int(SERIALIZER_STATE.SERIALIZING)
@@ -244,6 +259,8 @@ class RaftNode:
     # -- called in the Raft thread -----------------------------------------------------------
 
     def _apply(self, payload: bytes) -> Result:
+        self._snapshotter.applied += 1
+        self._snapshotter.last_applied_at = time.monotonic()
         with self._lock:
             result = statemachine.apply(self._state, payload)
         if self._on_applied is not None:

@@ -59,8 +59,14 @@ class RaftTimings:
     raft_max_timeout: float = 1.0
     leader_fallback_timeout: float = 2.5
     connection_retry_time: float = 1.0
-    log_compaction_min_entries: int = 5000
+    # A snapshot encodes the whole state in a thread sharing the GIL: the write p99 at 24
+    # clients was 18-48 ms with 5,000 entries between snapshots, 15-19 ms with 20,000.
+    log_compaction_min_entries: int = 20000
     log_compaction_min_time: float = 300.0
+    # Once writes stop, the log (up to ~0.8 KB an entry in memory) is compacted without waiting
+    # for either threshold: memory follows the state back down after a burst.
+    idle_compaction_seconds: float = 30.0
+    idle_compaction_entries: int = 1000
 
 
 @dataclass(frozen=True)

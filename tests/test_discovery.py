@@ -199,7 +199,7 @@ def test_explicit_address_and_peers_bypass_discovery() -> None:
 def test_compaction_entries_reach_the_raft_configuration() -> None:
     from slimsched.raft import tuned_conf
 
-    assert Settings.from_env({}).timings.log_compaction_min_entries == 5000
+    assert Settings.from_env({}).timings.log_compaction_min_entries == 20000
     s = Settings.from_env({"SLIMSCHED_RAFT_COMPACTION_ENTRIES": "40000"})
     assert tuned_conf(s.timings).logCompactionMinEntries == 40000
     for bad in ("ten", "99", "-1"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -14,7 +15,7 @@ from slimsched import codec
 from slimsched.errors import Unavailable
 from slimsched.localcluster import free_ports
 from slimsched.model import Schedule
-from slimsched.raft import RaftNode
+from slimsched.raft import RaftNode, idle_compaction_due
 from slimsched.settings import RaftTimings, Settings
 from slimsched.statemachine import encode_command, fingerprint
 from tests.conftest import wait_for
@@ -138,3 +139,37 @@ def test_stale_temporary_dump_files_are_removed_at_start(tmp_path: Path) -> None
         assert not (data / "raft.dump.tmp").exists() and not (data / "raft.dump.writing").exists()
     finally:
         node.stop()
+
+
+def test_idle_compaction_waits_for_enough_entries_and_a_quiet_log() -> None:
+    t = RaftTimings(idle_compaction_seconds=30.0, idle_compaction_entries=1000)
+    assert idle_compaction_due(t, now=130.0, last_applied_at=100.0, applied=1000)
+    assert not idle_compaction_due(t, now=129.9, last_applied_at=100.0, applied=1000)  # still writing
+    assert not idle_compaction_due(t, now=500.0, last_applied_at=100.0, applied=999)  # little to gain
+
+
+async def test_a_quiet_log_is_compacted_before_either_threshold(tmp_path: Path) -> None:
+    # Neither the entry count (1,000) nor the time (300 s) would compact these 30 entries.
+    timings = replace(
+        FAST, log_compaction_min_entries=1000, idle_compaction_seconds=0.5, idle_compaction_entries=10
+    )
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    nodes = [RaftNode(replace(_settings(addrs, i, tmp_path), timings=timings)) for i in range(3)]
+    for n in nodes:
+        n.start()
+    try:
+        await wait_for(lambda: all(n.status().ready for n in nodes), 15, "a leader")
+        leader = next(n for n in nodes if n.status().is_leader)
+        for i in range(30):
+            assert (await leader.submit(_create(i))).ok
+        dumps = [tmp_path / f"n{i}" / "raft.dump" for i in range(3)]
+
+        def dumped_all() -> bool:
+            return all(
+                d.exists() and len(orjson.loads(d.read_bytes())["state"]["schedules"]) == 30 for d in dumps
+            )
+
+        await wait_for(dumped_all, 15, "a dump of all 30 schedules on every node")
+    finally:
+        for n in nodes:
+            n.stop()
