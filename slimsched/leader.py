@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -48,6 +49,7 @@ _SCHEDULE_COMMANDS = frozenset({"create_schedule", "delete_schedule", "set_pause
 _RUN_COMMANDS = frozenset({"enqueue_run", "fire_tick", "run_status", "cancel_run", "start_dispatch"})
 STOP_DEADLINE_SECONDS = 5.0
 REFRESH_CHUNK = 2000
+DISPATCH_BATCH = 256  # queued runs a dispatch pass reads per job, beyond those in flight
 LIST_BY_RUN_ID_MAX = 200  # active runs up to which their Jobs are listed by run id
 RUN_IDS_PER_SELECTOR = 50  # run ids per "in (...)" label selector (keeps URLs short)
 
@@ -478,19 +480,26 @@ class Leader:
     async def _dispatch_pass(self, sem: asyncio.Semaphore, starts: asyncio.TaskGroup) -> bool:
         """Start what the limits allow; True if some run waits on a dependency."""
 
-        def read(state: State) -> list[tuple[str, list[Run], int]]:
-            # The state's per-job indexes: cost follows the queued runs, not every run kept.
-            return [
-                (job_name, [state.runs[i] for i in run_ids], state.active.get(job_name, 0))
-                for job_name, run_ids in state.queued.items()
-            ]
+        def read(state: State) -> tuple[list[tuple[list[Run], int, int]], int]:
+            # Only the heads of the queues that a free slot can reach: a pass costs what it can
+            # start, not the length of the queues (every queued run wakes a pass, under the lock
+            # the Raft thread applies with).
+            heads = []
+            for job_name, run_ids in state.queued.items():
+                slots = self.jobs.job(job_name).number_parallel_job - state.active.get(job_name, 0)
+                slots -= self._claims.get(job_name, 0)
+                if slots > 0:
+                    # runs in flight hold their place at the head until their StartDispatch commits
+                    head = min(slots, len(self._inflight) + DISPATCH_BATCH)
+                    heads.append(([state.runs[i] for i in islice(run_ids, head)], slots, len(run_ids)))
+            return heads, sum(len(q) for q in state.queued.values())
 
-        jobs = self.raft.read(read)
-        self.metrics.queue_depth.set(sum(len(q) for _, q, _ in jobs))
+        jobs, depth = self.raft.read(read)
+        self.metrics.queue_depth.set(depth)
         blocked = False
         ready_cache: dict[str, bool] = {}
-        for job_name, queued, active in jobs:
-            slots = self.jobs.job(job_name).number_parallel_job - active - self._claims.get(job_name, 0)
+        for queued, slots, queue_length in jobs:
+            started = 0
             for run in queued:
                 if slots <= 0:
                     break
@@ -501,8 +510,12 @@ class Leader:
                     blocked = True
                     break  # FIFO within a job; other jobs go on
                 slots -= 1
+                started += 1
                 self._inflight.add(run.id)
                 starts.create_task(self._start(run, sem), name=f"dispatch-{run.id}")
+            else:
+                if slots > 0 and started and len(queued) < queue_length:
+                    self._dispatch_wake.set()  # the head was cut at DISPATCH_BATCH: another pass
         return blocked
 
     async def _dependencies_ready(self, run: Run, cache: dict[str, bool]) -> bool:

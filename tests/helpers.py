@@ -40,6 +40,12 @@ KUBE_JOBS = orjson.dumps(
                 "Completions": 4,
             },
             "needs-db": {"Image": "demo/db-client:1", "Visibility": "Public", "DependsOn": ["db"]},
+            "backlog": {
+                "Image": "demo/backlog:1",
+                "Visibility": "Public",
+                "DependsOn": ["store"],
+                "NumberParallelJob": 1000,
+            },
         }
     }
 ).decode()

@@ -206,3 +206,16 @@ def test_blocked_dependency_does_not_block_other_jobs(kc: KubeCluster) -> None:
     wait_until(
         lambda: [r["Status"] for r in kc.runs("needs-db")] == ["Succeeded"], 20, "the dependent job to run"
     )
+
+
+def test_a_queue_longer_than_a_dispatch_pass_is_dispatched_whole_and_once(kc: KubeCluster) -> None:
+    """300 runs queued behind a dependency, then all free at once: a pass reads the head of the
+    queue only (DISPATCH_BATCH, 256, beyond the runs in flight), and the rest follow."""
+    kc.emulator.call(lambda e: e.set_workload("deployment", "store", replicas=1, ready_replicas=0))
+    ids = _trigger(kc, "backlog", 300)
+    assert {r["Status"] for r in kc.runs("backlog")} == {"Queued"}
+    kc.emulator.call(lambda e: e.set_workload("deployment", "store", replicas=1, ready_replicas=1))
+    expected = {kube_job_name("backlog", i) for i in ids}
+    wait_until(lambda: expected <= set(kc.created_names()), 60, "a Job for each of the 300 runs")
+    created = [n for n in kc.created_names() if n in expected]
+    assert len(created) == len(expected), "a run was dispatched twice"
