@@ -22,7 +22,7 @@ from slimsched import jobconfig
 from slimsched.democonfig import DEMO_JOBS_CONFIGURATION
 from slimsched.discovery import local_peers
 from slimsched.errors import ConfigError
-from slimsched.localcluster import free_ports
+from slimsched.localcluster import NODE_PYTHON_FLAGS, free_ports
 from slimsched.settings import Settings
 
 log = logging.getLogger("slimsched")
@@ -114,6 +114,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     for i in range(n):
         cmd = [
             sys.executable,
+            *NODE_PYTHON_FLAGS,
             "-m",
             "slimsched",
             "serve",

@@ -1,0 +1,102 @@
+"""``slimsched local``, the README's first command: a cluster that dispatches, and stops whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+from slimsched.localcluster import free_ports
+from tests.helpers import request, wait_until
+
+
+def _consecutive_free_ports(count: int) -> int:
+    """A base port such that base .. base + count - 1 are all free on 127.0.0.1 right now."""
+    for _ in range(50):
+        (base,) = free_ports(1)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError(f"no {count} consecutive free ports in 50 tries")
+
+
+def _ready(url: str) -> bool:
+    try:
+        return request(f"{url}/ready", timeout=2)[0] == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a child of the local process that exited but was not reaped yet is gone for our purpose
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_local_cluster_dispatches_runs_with_optimized_nodes_and_stops_on_sigterm(tmp_path: Path) -> None:
+    http, raft = _consecutive_free_ports(3), _consecutive_free_ports(3)
+    urls = [f"http://127.0.0.1:{http + i}" for i in range(3)]
+    with open(tmp_path / "local.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "slimsched", "local", "--nodes", "3"),
+                *("--http-port", str(http), "--raft-port", str(raft), "--data-dir", str(tmp_path / "data")),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    children: list[int] = []
+    try:
+        wait_until(lambda: all(_ready(u) for u in urls), 60, "three ready nodes")
+        children = _children(proc.pid)
+        node_cmdlines = [
+            Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")
+            for c in children
+            if b"serve" in Path(f"/proc/{c}/cmdline").read_bytes()
+        ]
+        assert len(node_cmdlines) == 3
+        assert all(cmd[1] == b"-OO" for cmd in node_cmdlines), node_cmdlines  # as the image runs them
+
+        status, body = request(f"{urls[1]}/job/fibonacci", "POST", {"Args": ["10"]})
+        assert status == 202, body
+
+        def succeeded() -> bool:
+            runs = request(f"{urls[2]}/job/fibonacci")[1]
+            return [r["Status"] for r in runs if r["Id"] == body["Id"]] == ["Succeeded"]
+
+        wait_until(succeeded, 30, "the run to succeed in the embedded emulator")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        for c in children:
+            if _alive(c):
+                os.kill(c, signal.SIGKILL)
+    assert proc.returncode == 0, (tmp_path / "local.log").read_text(errors="replace")
+    assert len(children) == 4  # three nodes and the emulator
+    assert not [c for c in children if _alive(c)], "a process of the local cluster outlived it"
