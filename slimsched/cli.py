@@ -22,7 +22,7 @@ from slimsched import jobconfig
 from slimsched.democonfig import DEMO_JOBS_CONFIGURATION
 from slimsched.discovery import local_peers
 from slimsched.errors import ConfigError
-from slimsched.localcluster import NODE_PYTHON_FLAGS, free_ports
+from slimsched.localcluster import free_ports, serve_command
 from slimsched.settings import Settings
 
 log = logging.getLogger("slimsched")
@@ -112,23 +112,8 @@ def cmd_local(args: argparse.Namespace) -> int:
             flush=True,
         )
     for i in range(n):
-        cmd = [
-            sys.executable,
-            *NODE_PYTHON_FLAGS,
-            "-m",
-            "slimsched",
-            "serve",
-            "--raft-address",
-            raft[i],
-            "--peers",
-            ",".join(raft),
-            "--http-host",
-            "127.0.0.1",
-            "--http-port",
-            str(args.http_port + i),
-            "--data-dir",
-            os.path.join(base, f"node-{i}"),
-        ]
+        data_dir = os.path.join(base, f"node-{i}")
+        cmd = serve_command(sys.executable, raft[i], raft, args.http_port + i, data_dir)
         if args.jobs_config:
             cmd += ["--jobs-config", args.jobs_config]
         procs.append(subprocess.Popen(cmd, env=env))

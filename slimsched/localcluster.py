@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,29 @@ def request_json(url: str, method: str = "GET", body: Any = None, timeout: float
     except urllib.error.HTTPError as e:
         raw = e.read()
         return e.code, orjson.loads(raw) if raw else None
+
+
+def serve_command(
+    python: str, raft_address: str, peers: Sequence[str], http_port: int, data_dir: str
+) -> list[str]:
+    """The command line of one ``slimsched serve`` node on 127.0.0.1, run as production runs it."""
+    return [
+        python,
+        *NODE_PYTHON_FLAGS,
+        "-m",
+        "slimsched",
+        "serve",
+        "--raft-address",
+        raft_address,
+        "--peers",
+        ",".join(peers),
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        str(http_port),
+        "--data-dir",
+        data_dir,
+    ]
 
 
 def free_ports(count: int) -> list[int]:
@@ -121,23 +144,8 @@ class LocalCluster:
         )
 
     def _command(self, node: LocalNode) -> list[str]:
-        return [
-            self.python,
-            *NODE_PYTHON_FLAGS,
-            "-m",
-            "slimsched",
-            "serve",
-            "--raft-address",
-            node.raft_address,
-            "--peers",
-            ",".join(n.raft_address for n in self.nodes),
-            "--http-host",
-            "127.0.0.1",
-            "--http-port",
-            str(node.http_port),
-            "--data-dir",
-            node.data_dir,
-        ]
+        peers = [n.raft_address for n in self.nodes]
+        return serve_command(self.python, node.raft_address, peers, node.http_port, node.data_dir)
 
     def start(self, index: int | None = None) -> None:
         for node in self.nodes if index is None else [self.nodes[index]]:
