@@ -434,11 +434,15 @@ class Leader:
         """
         if self.kube is None or run.spec.depends_on:
             return False
-        queued, active = self.raft.read(
-            lambda st: (bool(st.queued.get(run.job_name)), st.active.get(run.job_name, 0))
+        queued, slots = self.raft.read(
+            lambda st: (bool(st.queued.get(run.job_name)), self._free_slots(st, run.job_name))
         )
-        limit = self.jobs.job(run.job_name).number_parallel_job
-        return not queued and active + self._claims.get(run.job_name, 0) < limit
+        return not queued and slots > 0
+
+    def _free_slots(self, state: State, job_name: str) -> int:
+        """NumberParallelJob less the job's active runs and its claims still in flight."""
+        active = state.active.get(job_name, 0) + self._claims.get(job_name, 0)
+        return self.jobs.job(job_name).number_parallel_job - active
 
     def _claim_answered(self, run: Run, *, committed: bool) -> None:
         """The FireTick that claimed ``run`` is answered: create its Job if it was committed."""
@@ -486,8 +490,7 @@ class Leader:
             # the Raft thread applies with).
             heads = []
             for job_name, run_ids in state.queued.items():
-                slots = self.jobs.job(job_name).number_parallel_job - state.active.get(job_name, 0)
-                slots -= self._claims.get(job_name, 0)
+                slots = self._free_slots(state, job_name)
                 if slots > 0:
                     # runs in flight hold their place at the head until their StartDispatch commits
                     head = min(slots, len(self._inflight) + DISPATCH_BATCH)
