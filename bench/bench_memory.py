@@ -40,6 +40,7 @@ from dataclasses import replace
 from bench._common import BENCH_JOB, cluster, emulator_process, node_pid, rss_bytes, say, table
 from bench.bench_firing import create_schedules
 from slimsched import codec, jobconfig, statemachine
+from slimsched.localcluster import NODE_PYTHON_FLAGS
 from slimsched.settings import RaftTimings
 
 MIB = 1024 * 1024
@@ -67,7 +68,7 @@ def import_rss(python: str = sys.executable) -> list[list[object]]:
         code = f"{code}; {stmt}" if stmt else code
         script = (f"{code.lstrip('; ')}\n" if code else "") + READ_RSS
         row: list[object] = [label]
-        for flags in ([], ["-OO"]):
+        for flags in ((), NODE_PYTHON_FLAGS):
             out = subprocess.run(
                 [python, *flags, "-c", script], capture_output=True, text=True, check=True, timeout=60
             )

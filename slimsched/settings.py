@@ -162,7 +162,7 @@ class Settings:
 
 
 def _compaction_entries(e: Mapping[str, str]) -> int:
-    """Log entries between snapshots: more holds more of the log in memory (~0.6 KB an entry)
+    """Log entries between snapshots: more holds more of the log in memory (~0.8 KB an entry)
     and snapshots the whole state less often (each snapshot's encoding shares the GIL: the
     write path's p99 tail)."""
     entries = _int(e, "SLIMSCHED_RAFT_COMPACTION_ENTRIES", RaftTimings.log_compaction_min_entries)
