@@ -134,6 +134,17 @@ class Leader:
             cmd = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return
+        if cmd.get("type") == "batch":
+            for sub, sub_result in zip(cmd["commands"], (result.value or {})["Results"], strict=True):
+                self._notice(sub, sub_result)
+        else:
+            self._notice(cmd, result)
+
+    def _notice(self, cmd: Any, result: Result) -> None:
+        """Wake the loops that an applied command concerns (in the Raft thread)."""
+        assert self._inbox is not None
+        if not result.ok or not isinstance(cmd, dict):
+            return
         kind = cmd.get("type")
         if kind in _SCHEDULE_COMMANDS:
             sid = None if kind == "restore" else (result.value or {}).get("Id")

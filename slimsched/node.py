@@ -77,6 +77,7 @@ class Node:
     _ctx: ApiContext | None = field(default=None, init=False)
     _discovery: asyncio.Task[None] | None = field(default=None, init=False)
     _heap: asyncio.Task[None] | None = field(default=None, init=False)
+    _hello: asyncio.Task[None] | None = field(default=None, init=False)
     _pod_ips_cache: tuple[float, frozenset[str]] = field(default=(-1e9, frozenset()), init=False)
     _accepting: bool = field(default=True, init=False)
     backups: Backups | None = field(default=None, init=False)
@@ -118,6 +119,7 @@ class Node:
         loop = asyncio.get_running_loop()
         self.leader.attach(loop)
         await loop.run_in_executor(None, self.raft.start)
+        self._hello = loop.create_task(self.raft.announce_level(), name="raft-hello")
         ctx = ApiContext(
             raft=self.raft,
             jobs=self.jobs,
@@ -205,10 +207,11 @@ class Node:
             await asyncio.wait({self._heap}, timeout=SHUTDOWN_GRACE_SECONDS)
             self._heap = None
             heap.unfreeze()  # a node embedded in a longer-lived process leaves nothing frozen
-        if self._discovery is not None:
-            self._discovery.cancel()
-            await asyncio.wait({self._discovery}, timeout=SHUTDOWN_GRACE_SECONDS)
-            self._discovery = None
+        for task in (self._hello, self._discovery):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task}, timeout=SHUTDOWN_GRACE_SECONDS)
+        self._hello = self._discovery = None
         await asyncio.get_running_loop().run_in_executor(None, self.raft.stop)
         if self.kube is not None:
             await self.kube.close()

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from slimsched.errors import ConfigError
+from slimsched.statemachine import COMMAND_LEVEL
 
 ENV_VARS: frozenset[str] = frozenset(
     {
@@ -47,6 +48,7 @@ ENV_VARS: frozenset[str] = frozenset(
         "KUBECONFIG",
         "SLIMSCHED_LOG_LEVEL",
         "SLIMSCHED_TEST_BREAK_FIRE_DEDUP",
+        "SLIMSCHED_TEST_COMMAND_LEVEL",
     }
 )
 
@@ -95,6 +97,9 @@ class Settings:
     log_level: str = "INFO"
     # Test only (slimsched chaos proves its checker can fail): skip the FireTick duplicate check.
     test_break_fire_dedup: bool = False
+    # Test only (a rolling upgrade without an old build): apply and announce as a node of the
+    # release with this command level would; 1 is the release before ``hello`` and ``batch``.
+    test_command_level: int = COMMAND_LEVEL
     timings: RaftTimings = field(default_factory=RaftTimings)
 
     @property
@@ -157,8 +162,16 @@ class Settings:
             kubeconfig=e.get("KUBECONFIG") or None,
             log_level=e.get("SLIMSCHED_LOG_LEVEL", "INFO"),
             test_break_fire_dedup=e.get("SLIMSCHED_TEST_BREAK_FIRE_DEDUP") == "1",
+            test_command_level=_command_level(e),
             timings=RaftTimings(log_compaction_min_entries=_compaction_entries(e)),
         )
+
+
+def _command_level(e: Mapping[str, str]) -> int:
+    level = _int(e, "SLIMSCHED_TEST_COMMAND_LEVEL", COMMAND_LEVEL)
+    if not 1 <= level <= COMMAND_LEVEL:
+        raise ConfigError(f"SLIMSCHED_TEST_COMMAND_LEVEL must be between 1 and {COMMAND_LEVEL}, got {level}")
+    return level
 
 
 def _compaction_entries(e: Mapping[str, str]) -> int:

@@ -25,6 +25,13 @@ from slimsched.model import Run, RunStatus, Schedule, TickOutcome, TickRecord
 
 COMMAND_VERSION = 1
 SNAPSHOT_VERSION = 1
+# Which command types a node applies. A release that adds a type raises it; a node records its
+# level with a ``hello`` and the leader proposes the new types only once every member has
+# announced it, since a node of an earlier release would answer them "unknown" and diverge.
+# Level 2 added ``hello`` and ``batch``.
+COMMAND_LEVEL = 2
+LEVEL_OF_TYPE = {"hello": 2, "batch": 2}
+MAX_BATCH_COMMANDS = 1024
 RECENT_REQUESTS = 20_000
 LEDGER_PER_SCHEDULE = 100
 FINISHED_RUNS_PER_JOB = 200
@@ -68,6 +75,7 @@ class State:
     runs: dict[str, Run] = field(default_factory=dict)
     ledger: dict[str, tuple[TickRecord, ...]] = field(default_factory=dict)
     recent: OrderedDict[str, Result] = field(default_factory=OrderedDict)
+    levels: dict[str, int] = field(default_factory=dict)  # Raft address -> its announced COMMAND_LEVEL
     # Derived indexes, kept by _put_run/_drop_run and rebuilt on decode; never in a snapshot.
     job_schedules: dict[str, dict[str, None]] = field(default_factory=dict)
     job_runs: dict[str, dict[str, None]] = field(default_factory=dict)
@@ -83,6 +91,7 @@ class State:
             runs=self.runs.copy(),
             ledger=self.ledger.copy(),
             recent=self.recent.copy(),
+            levels=self.levels.copy(),
             job_schedules={k: v.copy() for k, v in self.job_schedules.items()},
             job_runs={k: v.copy() for k, v in self.job_runs.items()},
             queued={k: v.copy() for k, v in self.queued.items()},
@@ -350,6 +359,25 @@ def _restore(state: State, cmd: dict[str, Any]) -> Result:
     return Result("ok", value={"Restored": len(schedules)})
 
 
+def _hello(state: State, cmd: dict[str, Any]) -> Result:
+    """A node announces the command level of its release."""
+    node, level = cmd["node"], cmd["level"]
+    if not isinstance(node, str) or not node or not isinstance(level, int) or level < 1:
+        return error("invalid", "hello needs a node address and a level >= 1")
+    state.levels[node] = level
+    return OK
+
+
+def batch_allowed(state: State, members: Iterable[str]) -> bool:
+    """Every member announced a level that applies ``batch``."""
+    return all(state.levels.get(m, 1) >= LEVEL_OF_TYPE["batch"] for m in members)
+
+
+def encode_batch(payloads: list[bytes]) -> bytes:
+    """One entry carrying commands already encoded, applied in order as if each were its own."""
+    return b'{"v":%d,"type":"batch","commands":[%s]}' % (COMMAND_VERSION, b",".join(payloads))
+
+
 Handler = Callable[[State, dict[str, Any]], Result]
 
 HANDLERS: dict[str, Handler] = {
@@ -363,22 +391,45 @@ HANDLERS: dict[str, Handler] = {
     "start_dispatch": _start_dispatch,
     "run_status": _run_status,
     "restore": _restore,
+    "hello": _hello,
 }
 
 
-def apply(state: State, payload: bytes) -> Result:
-    """Apply one replicated command. Never raises; a bad command leaves the state untouched."""
+def apply(state: State, payload: bytes, *, level: int = COMMAND_LEVEL) -> Result:
+    """Apply one replicated command. Never raises; a bad command leaves the state untouched.
+
+    A ``batch`` answers ``ok`` with ``value["Results"]``, one Result per command, in order.
+    ``level`` below COMMAND_LEVEL applies as a node of that earlier release would (tests).
+    """
     try:
         cmd = orjson.loads(payload)
     except (orjson.JSONDecodeError, TypeError):
         return error("invalid", "command is not JSON")
+    if isinstance(cmd, dict) and cmd.get("type") == "batch" and level >= LEVEL_OF_TYPE["batch"]:
+        commands = cmd.get("commands")
+        if cmd.get("v") != COMMAND_VERSION or not isinstance(commands, list):
+            return error("invalid", "a batch needs version 1 and a list of commands")
+        if len(commands) > MAX_BATCH_COMMANDS:
+            return error("invalid", f"a batch holds at most {MAX_BATCH_COMMANDS} commands")
+        results = [
+            error("invalid", "a batch cannot hold a batch")
+            if isinstance(c, dict) and c.get("type") == "batch"
+            else _apply_command(state, c, level)
+            for c in commands
+        ]
+        return Result("ok", value={"Results": results})
+    return _apply_command(state, cmd, level)
+
+
+def _apply_command(state: State, cmd: object, level: int) -> Result:
     if not isinstance(cmd, dict):
         return error("invalid", "command is not an object")
     if cmd.get("v") != COMMAND_VERSION:
         return error("invalid", f"unsupported command version {cmd.get('v')!r}")
-    handler = HANDLERS.get(cmd.get("type"))  # type: ignore[arg-type]
-    if handler is None:
-        return error("invalid", f"unknown command type {cmd.get('type')!r}")
+    kind = cmd.get("type")
+    handler = HANDLERS.get(kind)  # type: ignore[arg-type]
+    if handler is None or LEVEL_OF_TYPE.get(kind, 1) > level:  # type: ignore[arg-type]
+        return error("invalid", f"unknown command type {kind!r}")
     rid = cmd.get("rid")
     if rid is not None:
         if not isinstance(rid, str):
@@ -390,7 +441,7 @@ def apply(state: State, payload: bytes) -> Result:
         # Handlers validate before they mutate, so an exception here means nothing changed.
         result = handler(state, cmd)
     except Exception as e:  # apply must never raise: a raising entry stalls pysyncobj for good
-        result = error("invalid", f"malformed {cmd.get('type')} command: {type(e).__name__}: {e}")
+        result = error("invalid", f"malformed {kind} command: {type(e).__name__}: {e}")
     if rid is not None:
         state.recent[rid] = result
         while len(state.recent) > RECENT_REQUESTS:
@@ -409,6 +460,7 @@ def snapshot_to_dict(state: State) -> dict[str, Any]:
         "runs": [codec.run_to_dict(r) for r in state.runs.values()],
         "ledger": {k: [codec.tick_to_dict(t) for t in v] for k, v in state.ledger.items()},
         "recent": [[k, v.to_dict()] for k, v in state.recent.items()],
+        "levels": state.levels,
     }
 
 
@@ -447,6 +499,7 @@ def encode_snapshot_chunks(state: State) -> Iterator[bytes]:
     yield from _json_object(list(state.ledger.items()), lambda v: [codec.tick_to_dict(t) for t in v])
     yield b',"recent":'
     yield from _json_list(list(state.recent.items()), lambda kv: [kv[0], kv[1].to_dict()])
+    yield b',"levels":' + orjson.dumps(state.levels)
     yield b"}"
 
 
@@ -467,6 +520,8 @@ def snapshot_from_dict(d: dict[str, Any]) -> State:
         _put_run(state, codec.run_from_dict(r))
     state.ledger = {str(k): tuple(codec.tick_from_dict(t) for t in v) for k, v in d["ledger"].items()}
     state.recent = OrderedDict((str(k), Result.from_dict(v)) for k, v in d["recent"])
+    # Absent from the snapshots of a release before level 2: no member has announced anything.
+    state.levels = {str(k): int(v) for k, v in d.get("levels", {}).items()}
     return state
 
 

@@ -205,3 +205,13 @@ def test_compaction_entries_reach_the_raft_configuration() -> None:
     for bad in ("ten", "99", "-1"):
         with pytest.raises(ConfigError, match="SLIMSCHED_RAFT_COMPACTION_ENTRIES"):
             Settings.from_env({"SLIMSCHED_RAFT_COMPACTION_ENTRIES": bad})
+
+
+def test_the_test_command_level_defaults_to_this_release_and_is_checked() -> None:
+    from slimsched.statemachine import COMMAND_LEVEL
+
+    assert Settings.from_env({}).test_command_level == COMMAND_LEVEL
+    assert Settings.from_env({"SLIMSCHED_TEST_COMMAND_LEVEL": "1"}).test_command_level == 1
+    for bad in ("0", str(COMMAND_LEVEL + 1), "two"):
+        with pytest.raises(ConfigError, match="SLIMSCHED_TEST_COMMAND_LEVEL"):
+            Settings.from_env({"SLIMSCHED_TEST_COMMAND_LEVEL": bad})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -173,3 +174,65 @@ async def test_a_quiet_log_is_compacted_before_either_threshold(tmp_path: Path) 
     finally:
         for n in nodes:
             n.stop()
+
+
+async def _announced(trio: Trio, levels: list[int]) -> list[asyncio.Task[None]]:
+    """Every node runs its ``hello`` announcement (as a Node does), at the given levels."""
+    tasks = []
+    for i, node in enumerate(trio.up()):
+        node.settings = replace(node.settings, test_command_level=levels[i])
+        tasks.append(asyncio.create_task(node.announce_level(recheck_seconds=0.2), name=f"hello-{i}"))
+    return tasks
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.wait(tasks, timeout=5)
+
+
+async def test_commands_of_one_loop_turn_commit_as_one_batch_once_all_announced(trio: Trio) -> None:
+    tasks = await _announced(trio, [2, 2, 2])
+    try:
+        leader = next(n for n in trio.up() if n.status().is_leader)
+        await wait_for(lambda: len(leader.read(lambda s: s.levels)) == 3, 10, "three announcements")
+        first = leader.status().commit_index
+        batches = leader.batches
+        # 60 creates, one a retry of another (same rid) and one a conflict (same id, new rid).
+        payloads = [_create(i) for i in range(58)] + [_create(7)]
+        conflict = Schedule(id="s3", job_name="fib", cron="* * * * *", created_at_ms=3)
+        payloads.append(
+            encode_command("create_schedule", rid="other", schedule=codec.schedule_to_dict(conflict))
+        )
+        results = await asyncio.gather(*(leader.submit(p) for p in payloads))
+        assert [r.value for r in results[:58]] == [{"Id": f"s{i}"} for i in range(58)]
+        assert results[58] == results[7]  # the retry answered from memory, not applied twice
+        assert results[59].code == "conflict"
+        assert leader.batches == batches + 1
+        assert leader.status().commit_index - first <= 2  # one entry (and maybe a no-op of pysyncobj)
+        await wait_for(lambda: len(trio.hashes()) == 1, 5, "followers to apply the batch")
+        assert trio.up()[0].read(lambda s: len(s.schedules)) == 58
+    finally:
+        await _stop(tasks)
+
+
+async def test_a_node_of_the_earlier_release_keeps_the_cluster_on_single_entries(trio: Trio) -> None:
+    """Rolling upgrade: while one member runs the release before ``batch``, nothing is batched."""
+    tasks = await _announced(trio, [2, 2, 1])
+    try:
+        leader = next(n for n in trio.up() if n.status().is_leader)
+        old = trio.up()[2]
+        new = trio.up()[0]
+        await wait_for(lambda: len(new.read(lambda s: s.levels)) == 2, 10, "two announcements")
+        first = leader.status().commit_index
+        results = await asyncio.gather(*(leader.submit(_create(i)) for i in range(40)))
+        assert all(r.ok for r in results)
+        assert sum(n.batches for n in trio.up()) == 0
+        assert leader.status().commit_index - first >= 40
+        await wait_for(lambda: old.read(lambda s: len(s.schedules)) == 40, 5, "the old node to apply all")
+        # The old node refused the hellos (unknown to it) and nothing else: same schedules everywhere.
+        assert old.read(lambda s: s.levels) == {}
+        same = {n.read(lambda s: fingerprint(replace(s, levels={}))) for n in trio.up()}
+        assert len(same) == 1
+    finally:
+        await _stop(tasks)

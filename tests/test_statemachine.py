@@ -371,3 +371,82 @@ def test_chunked_snapshot_of_more_than_one_chunk_round_trips() -> None:
     docs = [codec.schedule_to_dict(Schedule(id=f"s{i}", job_name="fib", cron="* * * * *")) for i in range(n)]
     apply(state, encode_command("restore", schedules=docs, last_fired={f"s{i}": i for i in range(n)}))
     assert decode_snapshot(encode_snapshot(state)) == state
+
+
+json_commands = st.lists(st.one_of(well_formed, well_formed, json_values.map(orjson.dumps)), max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_commands, st.integers(1, 30))
+def test_a_batch_applies_like_its_commands_one_by_one(payloads: list[bytes], cut: int) -> None:
+    """Same results, same state, whatever the commands (refused ones included) and the batch cuts."""
+    one_by_one = State()
+    expected = [apply(one_by_one, p) for p in payloads]
+    batched = State()
+    results: list[statemachine.Result] = []
+    for start in range(0, len(payloads), cut):
+        answer = apply(batched, statemachine.encode_batch(payloads[start : start + cut]))
+        assert answer.ok and answer.value is not None
+        results.extend(answer.value["Results"])
+    assert results == expected
+    assert fingerprint(batched) == fingerprint(one_by_one)
+
+
+def test_a_node_of_the_earlier_release_refuses_hello_and_batch_and_changes_nothing() -> None:
+    hello = encode_command("hello", node="10.0.0.1:3262", level=2)
+    batch = statemachine.encode_batch([encode_command("create_schedule", schedule=_schedule())])
+    old = State()
+    for payload in (hello, batch):
+        result = apply(old, payload, level=1)
+        assert result.code == "invalid" and "unknown command type" in result.message
+    assert fingerprint(old) == fingerprint(State())
+
+    new = State()
+    assert apply(new, hello).ok
+    assert new.levels == {"10.0.0.1:3262": 2}
+    assert (apply(new, batch).value or {})["Results"] == [statemachine.Result("ok", value={"Id": "s1"})]
+
+
+def test_batching_waits_for_every_member_to_announce_it() -> None:
+    members = ("a:1", "b:1", "c:1")
+    state = State()
+    assert not statemachine.batch_allowed(state, members)
+    apply(state, encode_command("hello", node="a:1", level=2))
+    apply(state, encode_command("hello", node="b:1", level=2))
+    assert not statemachine.batch_allowed(state, members)  # c has not said a word: maybe level 1
+    apply(state, encode_command("hello", node="c:1", level=1))
+    assert not statemachine.batch_allowed(state, members)
+    apply(state, encode_command("hello", node="c:1", level=2))
+    assert statemachine.batch_allowed(state, members)
+    for bad in ({"node": "", "level": 2}, {"node": "d:1", "level": 0}, {"node": "d:1", "level": "2"}):
+        assert apply(state, encode_command("hello", **bad)).code == "invalid"
+    assert set(state.levels) == set(members)
+
+
+def test_a_batch_refuses_nesting_and_oversize_without_touching_the_state() -> None:
+    state = State()
+    inner = statemachine.encode_batch([encode_command("create_schedule", schedule=_schedule("s1"))])
+    outer = apply(
+        state, statemachine.encode_batch([inner, encode_command("create_schedule", schedule=_schedule("s2"))])
+    )
+    assert outer.ok and outer.value is not None
+    nested, created = outer.value["Results"]
+    assert nested.code == "invalid" and "batch" in nested.message
+    assert created.ok and set(state.schedules) == {"s2"}
+
+    before = fingerprint(state)
+    barrier = encode_command("barrier")
+    too_many = apply(state, statemachine.encode_batch([barrier] * (statemachine.MAX_BATCH_COMMANDS + 1)))
+    assert too_many.code == "invalid" and str(statemachine.MAX_BATCH_COMMANDS) in too_many.message
+    not_a_list = apply(state, orjson.dumps({"v": 1, "type": "batch", "commands": {"a": 1}}))
+    assert not_a_list.code == "invalid"
+    assert fingerprint(state) == before
+
+
+def test_levels_survive_a_snapshot_and_a_snapshot_of_the_earlier_release_has_none() -> None:
+    state = State()
+    apply(state, encode_command("hello", node="a:1", level=2))
+    assert decode_snapshot(encode_snapshot(state)).levels == {"a:1": 2}
+    earlier = orjson.loads(encode_snapshot(state))
+    del earlier["levels"]
+    assert decode_snapshot(orjson.dumps(earlier)).levels == {}
