@@ -664,6 +664,7 @@ class Leader:
             if owner:
                 pods_by_job.setdefault(owner, []).append(pod)
         now_ms = int(self.clock() * 1000)
+        moves: list[dict[str, Any]] = []
         for run in active:
             job = jobs.get(run.kube_name)
             if job is None:
@@ -674,19 +675,15 @@ class Leader:
                     finally:
                         self._inflight.discard(run.id)
                 elif run.status is not RunStatus.DISPATCHING:
-                    await self._propose(
-                        "run_status",
-                        run_id=run.id,
-                        status=RunStatus.FAILED.value,
-                        at=now_ms,
-                        reason="JobNotFound",
+                    moves.append(
+                        dict(run_id=run.id, status=RunStatus.FAILED.value, at=now_ms, reason="JobNotFound")
                     )
                 continue
             status, reason = run_status_from_job(job, pods_by_job.get(run.kube_name, []))
             if status is not run.status:
-                await self._propose(
-                    "run_status", run_id=run.id, status=status.value, at=now_ms, reason=reason
-                )
+                moves.append(dict(run_id=run.id, status=status.value, at=now_ms, reason=reason))
+        # Proposed together: one Raft entry for a pass's moves (see RaftNode.submit).
+        await asyncio.gather(*(self._propose("run_status", **m) for m in moves))
         return True
 
 
