@@ -747,6 +747,14 @@ class Emulator:
         return _status(404, "NotFound", "the server could not find the requested resource")
 
     async def _h_create_job(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            # As kube-apiserver since 1.2: a body without a JSON (or YAML) Content-Type is refused.
+            return _status(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: "
+                "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+            )
         body = await _read_object(request)
         if not isinstance(body, dict):
             return _status(400, "BadRequest", "the request body is not a JSON object")

@@ -126,12 +126,17 @@ class KubeClient:
         path_params = {"namespace": self.namespace}
         if name is not None:
             path_params["name"] = name
+        headers = {"Accept": accept}
+        if body is not None:
+            # The client adds no Content-Type by itself, and kube-apiserver refuses a body
+            # without one (415).
+            headers["Content-Type"] = "application/json"
         request = self._api.param_serialize(
             method=method,
             resource_path=path,
             path_params=path_params,
             query_params=list(query),
-            header_params={"Accept": accept},
+            header_params=headers,
             body=dict(body) if body is not None else None,
             auth_settings=["BearerToken"],
         )

@@ -136,6 +136,21 @@ async def test_second_create_of_the_same_name_is_a_conflict_counted_as_done(
     assert len(await kube.list_jobs(run_selector(run.id))) == 1
 
 
+async def test_a_create_without_a_json_content_type_is_refused_as_by_kube_apiserver(
+    emulator: Emulator, kube: KubeClient
+) -> None:
+    run = make_run("run-ct")
+    url = f"{emulator.url}/apis/batch/v1/namespaces/{NS}/jobs"
+    body = json.dumps(manifest(run)).encode()
+    async with aiohttp.ClientSession() as session:
+        for headers in ({}, {"Content-Type": "application/x-www-form-urlencoded"}):
+            async with session.post(url, data=body, headers=headers) as response:
+                assert response.status == 415
+                assert (await response.json())["reason"] == "UnsupportedMediaType"
+    assert await kube.get_job(run.kube_name) is None
+    assert await kube.create_job(manifest(run)) is True  # the client names its JSON
+
+
 async def test_the_client_sends_the_manifest_unchanged(kube: KubeClient) -> None:
     run = make_run(
         "run-full",
