@@ -132,7 +132,7 @@ class KubeClient:
             # without one (415).
             headers["Content-Type"] = "application/json"
         # The body is already plain JSON (built by jobmanifest): it is handed to the REST layer
-        # as it is, not walked again by ``sanitize_for_serialization`` (21 us of the ~27 that param_serialize takes for a Job).
+        # as it is, not walked again by ``sanitize_for_serialization`` (27 -> 6 us for a Job).
         method, url, header_params, _, post_params = self._api.param_serialize(
             method=method,
             resource_path=path,
