@@ -58,20 +58,20 @@ def _api_error_message(e: ApiException) -> str:
 class KubeClient:
     """Jobs, pods, workloads, cronjobs and pod logs of one namespace, as plain dicts."""
 
-    def __init__(self, api_client: Any, namespace: str) -> None:
+    def __init__(self, api_client: Any, namespace: str, call_threads: int = CALL_THREADS) -> None:
         self.namespace = namespace
         self._api = api_client
-        self._calls = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="slimsched-kube")
+        self._calls = ThreadPoolExecutor(call_threads, thread_name_prefix="slimsched-kube")
         # A followed log holds a thread while it waits for the next line: kept apart so that
         # log readers can never starve job dispatch.
         self._streams = ThreadPoolExecutor(LOG_STREAM_THREADS, thread_name_prefix="slimsched-kube-log")
 
     @classmethod
-    def from_url(cls, url: str, namespace: str) -> KubeClient:
+    def from_url(cls, url: str, namespace: str, call_threads: int = CALL_THREADS) -> KubeClient:
         """A client of a plain-HTTP API server without authentication (the emulator)."""
         configuration = k8s.Configuration()
         configuration.host = url.rstrip("/")
-        return cls(k8s.ApiClient(configuration), namespace)
+        return cls(k8s.ApiClient(configuration), namespace, call_threads)
 
     @classmethod
     def in_cluster(cls, namespace: str) -> KubeClient:
