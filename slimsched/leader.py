@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from slimsched import catalog, codec, cronplan, jobconfig
+from slimsched import catalog, codec, cronplan, jobconfig, statemachine
 from slimsched.duequeue import DueQueue
 from slimsched.errors import ApiError, KubeError
 from slimsched.jobmanifest import (
@@ -134,11 +134,12 @@ class Leader:
             cmd = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return
-        if cmd.get("type") == "batch":
-            for sub, sub_result in zip(cmd["commands"], (result.value or {})["Results"], strict=True):
-                self._notice(sub, sub_result)
-        else:
+        batch = statemachine.batch_results(payload, result)
+        if batch is None:
             self._notice(cmd, result)
+            return
+        for sub, sub_result in zip(cmd["commands"], batch, strict=True):
+            self._notice(sub, sub_result)
 
     def _notice(self, cmd: Any, result: Result) -> None:
         """Wake the loops that an applied command concerns (in the Raft thread)."""

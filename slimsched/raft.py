@@ -73,8 +73,14 @@ class RaftStatus:
         return self.leader is not None and self.applied_index >= self.commit_index
 
 
-def idle_compaction_due(timings: RaftTimings, now: float, last_applied_at: float, applied: int) -> bool:
-    """Compact now: enough entries applied since the last dump, and none for a while."""
+def compaction_due(timings: RaftTimings, now: float, last_applied_at: float, applied: int) -> bool:
+    """Compact now: ``applied`` commands since the last dump reach the limit, or the log is quiet.
+
+    Counted in commands, not in entries: pysyncobj counts entries, and a ``batch`` entry holds
+    up to MAX_BATCH_COMMANDS of them, so its own threshold would let the log hold all of them.
+    """
+    if applied >= timings.log_compaction_min_entries:
+        return True
     quiet = now - last_applied_at >= timings.idle_compaction_seconds
     return quiet and applied >= timings.idle_compaction_entries
 
@@ -86,7 +92,7 @@ class _Snapshotter:
         self._node = node
         self._thread: threading.Thread | None = None
         self._outcome: int | None = None
-        self.applied = 0  # entries applied since the last dump began (Raft thread only)
+        self.applied = 0  # commands applied since the last dump began (Raft thread only)
         self.last_applied_at = 0.0
 
     def serialize(self, tmp_file: str, raft_data: tuple[Any, ...]) -> None:
@@ -126,7 +132,7 @@ class _Snapshotter:
         if self._thread is None:
             replica = self._node._replica
             timings = self._node.settings.timings
-            if replica is not None and idle_compaction_due(
+            if replica is not None and compaction_due(
                 timings, time.monotonic(), self.last_applied_at, self.applied
             ):
                 replica.forceLogCompaction()  # pysyncobj acts on it in this same tick
@@ -268,10 +274,11 @@ class RaftNode:
     # -- called in the Raft thread -----------------------------------------------------------
 
     def _apply(self, payload: bytes) -> Result:
-        self._snapshotter.applied += 1
-        self._snapshotter.last_applied_at = time.monotonic()
         with self._lock:
             result = statemachine.apply(self._state, payload, level=self.settings.test_command_level)
+        batch = statemachine.batch_results(payload, result)
+        self._snapshotter.applied += 1 if batch is None else len(batch)
+        self._snapshotter.last_applied_at = time.monotonic()
         if self._on_applied is not None:
             try:
                 self._on_applied(payload, result)
@@ -399,7 +406,9 @@ class RaftNode:
             else:
                 self.batches += 1
                 payload = statemachine.encode_batch([p for p, _ in group])
-                replica.apply(payload, callback=lambda r, e, fs=futs: inbox.put(_settle_batch, fs, r, e))
+                replica.apply(
+                    payload, callback=lambda r, e, fs=futs, p=payload: inbox.put(_settle_batch, fs, p, r, e)
+                )
 
 
 def _groups(
@@ -418,9 +427,12 @@ def _groups(
     return groups
 
 
-def _settle_batch(futs: Sequence[asyncio.Future[tuple[Any, int]]], result: Any, err: int) -> None:
-    results = (result.value or {}).get("Results") if isinstance(result, Result) and result.ok else None
-    if err != FAIL_REASON.SUCCESS or not isinstance(results, list) or len(results) != len(futs):
+def _settle_batch(
+    futs: Sequence[asyncio.Future[tuple[Any, int]]], payload: bytes, result: Any, err: int
+) -> None:
+    ok = err == FAIL_REASON.SUCCESS and isinstance(result, Result)
+    results = statemachine.batch_results(payload, result) if ok else None
+    if results is None or len(results) != len(futs):
         # Not committed (each submit retries on its own), or refused as a whole (never expected:
         # then every command answers that refusal).
         for fut in futs:

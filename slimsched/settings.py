@@ -62,7 +62,8 @@ class RaftTimings:
     leader_fallback_timeout: float = 2.5
     connection_retry_time: float = 1.0
     # A snapshot encodes the whole state in a thread sharing the GIL: the write p99 at 24
-    # clients was 18-48 ms with 5,000 entries between snapshots, 15-19 ms with 20,000.
+    # clients was 18-48 ms with 5,000 entries between snapshots, 15-19 ms with 20,000. Counted
+    # in commands (raft.compaction_due), since a batch entry holds many.
     log_compaction_min_entries: int = 20000
     log_compaction_min_time: float = 300.0
     # Once writes stop, the log (up to ~0.8 KB an entry in memory) is compacted without waiting
@@ -175,9 +176,10 @@ def _command_level(e: Mapping[str, str]) -> int:
 
 
 def _compaction_entries(e: Mapping[str, str]) -> int:
-    """Log entries between snapshots: more holds more of the log in memory (~0.8 KB an entry)
-    and snapshots the whole state less often (each snapshot's encoding shares the GIL: the
-    write path's p99 tail)."""
+    """Commands logged between snapshots (a batch entry counts each of its commands).
+
+    More holds more of the log in memory (~0.8 KB a command) and snapshots the whole state less
+    often (each snapshot's encoding shares the GIL: the write path's p99 tail)."""
     entries = _int(e, "SLIMSCHED_RAFT_COMPACTION_ENTRIES", RaftTimings.log_compaction_min_entries)
     if entries < 100:
         raise ConfigError(f"SLIMSCHED_RAFT_COMPACTION_ENTRIES must be at least 100, got {entries}")

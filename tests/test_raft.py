@@ -16,7 +16,7 @@ from slimsched import codec
 from slimsched.errors import Unavailable
 from slimsched.localcluster import free_ports
 from slimsched.model import Schedule
-from slimsched.raft import RaftNode, idle_compaction_due
+from slimsched.raft import RaftNode, compaction_due
 from slimsched.settings import RaftTimings, Settings
 from slimsched.statemachine import encode_command, fingerprint
 from tests.conftest import wait_for
@@ -142,11 +142,15 @@ def test_stale_temporary_dump_files_are_removed_at_start(tmp_path: Path) -> None
         node.stop()
 
 
-def test_idle_compaction_waits_for_enough_entries_and_a_quiet_log() -> None:
-    t = RaftTimings(idle_compaction_seconds=30.0, idle_compaction_entries=1000)
-    assert idle_compaction_due(t, now=130.0, last_applied_at=100.0, applied=1000)
-    assert not idle_compaction_due(t, now=129.9, last_applied_at=100.0, applied=1000)  # still writing
-    assert not idle_compaction_due(t, now=500.0, last_applied_at=100.0, applied=999)  # little to gain
+def test_compaction_comes_with_enough_commands_or_a_quiet_log() -> None:
+    t = RaftTimings(
+        log_compaction_min_entries=20000, idle_compaction_seconds=30.0, idle_compaction_entries=1000
+    )
+    assert compaction_due(t, now=100.0, last_applied_at=100.0, applied=20000)  # however busy
+    assert not compaction_due(t, now=100.0, last_applied_at=100.0, applied=19999)
+    assert compaction_due(t, now=130.0, last_applied_at=100.0, applied=1000)
+    assert not compaction_due(t, now=129.9, last_applied_at=100.0, applied=1000)  # still writing
+    assert not compaction_due(t, now=500.0, last_applied_at=100.0, applied=999)  # little to gain
 
 
 async def test_a_quiet_log_is_compacted_before_either_threshold(tmp_path: Path) -> None:
@@ -234,5 +238,26 @@ async def test_a_node_of_the_earlier_release_keeps_the_cluster_on_single_entries
         assert old.read(lambda s: s.levels) == {}
         same = {n.read(lambda s: fingerprint(replace(s, levels={}))) for n in trio.up()}
         assert len(same) == 1
+    finally:
+        await _stop(tasks)
+
+
+async def test_batched_commands_count_toward_the_snapshot_threshold(trio: Trio) -> None:
+    """pysyncobj counts entries: 60 commands in 1-2 batch entries must still bring a snapshot (at 20)."""
+    tasks = await _announced(trio, [2, 2, 2])
+    try:
+        leader = next(n for n in trio.up() if n.status().is_leader)
+        await wait_for(lambda: len(leader.read(lambda s: s.levels)) == 3, 10, "three announcements")
+        dumps = [trio.base / f"n{i}" / "raft.dump" for i in range(3)]
+        assert not any(d.exists() for d in dumps)
+        results = await asyncio.gather(*(leader.submit(_create(i)) for i in range(60)))
+        assert all(r.ok for r in results) and leader.batches >= 1
+
+        def dumped_all() -> bool:
+            return all(
+                d.exists() and len(orjson.loads(d.read_bytes())["state"]["schedules"]) == 60 for d in dumps
+            )
+
+        await wait_for(dumped_all, 10, "a dump of the 60 schedules on every node")
     finally:
         await _stop(tasks)
