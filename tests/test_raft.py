@@ -236,8 +236,11 @@ async def test_a_node_of_the_earlier_release_keeps_the_cluster_on_single_entries
         await wait_for(lambda: old.read(lambda s: len(s.schedules)) == 40, 5, "the old node to apply all")
         # The old node refused the hellos (unknown to it) and nothing else: same schedules everywhere.
         assert old.read(lambda s: s.levels) == {}
-        same = {n.read(lambda s: fingerprint(replace(s, levels={}))) for n in trio.up()}
-        assert len(same) == 1
+
+        def same_elsewhere() -> bool:
+            return len({n.read(lambda s: fingerprint(replace(s, levels={}))) for n in trio.up()}) == 1
+
+        await wait_for(same_elsewhere, 5, "every node to hold the same state but for the levels")
     finally:
         await _stop(tasks)
 
