@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import threading
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 
 import orjson
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
-from pysyncobj.config import SERIALIZER_STATE
+from pysyncobj.config import SERIALIZER_STATE as SERIALIZER_STATE  # re-exported for tests
 
 from slimsched import statemachine
 from slimsched.errors import Unavailable
@@ -54,7 +55,7 @@ _RETRYABLE = frozenset(
 )
 _LEADER = 2
 SNAPSHOT_PAUSE_SECONDS = 0.0005
-SNAPSHOT_STOP_SECONDS = 5.0  # a dump of 100,000 schedules takes ~0.4 s (bench_snapshot)
+SNAPSHOT_STOP_SECONDS = 5.0  # abandoning a dump takes one piece (~1 ms)
 # Under pysyncobj's appendEntriesBatchSizeBytes (64 KiB): a batch travels as one message.
 MAX_BATCH_BYTES = 60_000
 
@@ -94,6 +95,8 @@ class _Snapshotter:
         self._node = node
         self._thread: threading.Thread | None = None
         self._outcome: int | None = None
+        self._abandon = threading.Event()
+        self._final = ""  # the dump's path, set by serialize
         self.applied = 0  # commands applied since the last dump began (Raft thread only)
         self.last_applied_at = 0.0
 
@@ -101,24 +104,29 @@ class _Snapshotter:
         # Runs in the Raft thread, right after the entry at raft_data[0] was applied: copy now.
         self.applied = 0
         state = self._node._copy_state()
-        final = tmp_file.removesuffix(".tmp")
+        self._final = tmp_file.removesuffix(".tmp")
         self._outcome = None
         self._thread = threading.Thread(
-            target=self._write, args=(final, state, raft_data), name="raft-snapshot", daemon=True
+            target=self._write,
+            args=(self._final + ".writing", state, raft_data),
+            name="raft-snapshot",
+            daemon=True,
         )
         self._thread.start()
         # pysyncobj now renames tmp_file over the dump; there is no tmp_file, so that rename fails
-        # harmlessly and the dump is replaced only by _write, once complete.
+        # harmlessly. The dump is replaced by ``check``, once written.
 
-    def _write(self, final: str, state: State, raft_data: tuple[Any, ...]) -> None:
+    def _write(self, writing: str, state: State, raft_data: tuple[Any, ...]) -> None:
+        """Write and fsync the dump as ``writing``: the Raft thread publishes it (``check``)."""
         try:
             head = orjson.dumps(
                 {"v": DUMP_VERSION, "raft": [_entry_to_json(raft_data[0]), _entry_to_json(raft_data[1])]}
             )
-            writing = final + ".writing"
             with open(writing, "wb") as f:
                 f.write(head[:-1] + b',"state":')
                 for piece in statemachine.encode_snapshot_chunks(state):
+                    if self._abandon.is_set():
+                        break
                     f.write(piece)
                     # Encoding holds the GIL; without a pause it keeps it for whole switch
                     # intervals (5 ms) against the event loop: the write path's p99 tail.
@@ -126,19 +134,38 @@ class _Snapshotter:
                 f.write(b"}")
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(writing, final)
-            fsync_dir(os.path.dirname(final) or ".")
+            if self._abandon.is_set():
+                os.remove(writing)
+                self._outcome = SERIALIZER_STATE.FAILED
+                return
             self._outcome = SERIALIZER_STATE.SUCCESS
         except Exception:
             log.exception("writing the Raft snapshot failed")
             self._outcome = SERIALIZER_STATE.FAILED
 
-    def join(self, timeout: float) -> None:
+    def abandon(self, timeout: float) -> None:
+        """Stop a dump being written and remove its file (at most ``timeout`` to do it).
+
+        Called once the Raft thread has stopped: a dump it had not published is dropped.
+        """
         thread = self._thread
         if thread is not None:
+            self._abandon.set()
             thread.join(timeout)
+            if self._outcome == SERIALIZER_STATE.SUCCESS:
+                with contextlib.suppress(OSError):
+                    os.remove(self._final + ".writing")
 
     def check(self) -> int:
+        """pysyncobj's poll (Raft thread): SUCCESS only once the written dump replaced the old one.
+
+        The dump is published here, not by the writer: pysyncobj compacts its journal to the
+        dump's entries in this same tick on SUCCESS. A dump published earlier, by another thread,
+        could be on disk when the node stops before that tick; at the next start pysyncobj finds
+        that the journal does not begin at the dump's entries, clears the journal and loses every
+        entry after the dump (seen: two of three nodes restarted that way elected a leader
+        without the last acknowledged writes).
+        """
         if self._thread is None:
             replica = self._node._replica
             timings = self._node.settings.timings
@@ -150,7 +177,14 @@ class _Snapshotter:
         if self._thread.is_alive() or self._outcome is None:
             return int(SERIALIZER_STATE.SERIALIZING)
         outcome, self._thread, self._outcome = self._outcome, None, None
-        return outcome
+        if outcome == SERIALIZER_STATE.SUCCESS:
+            try:
+                os.replace(self._final + ".writing", self._final)
+                fsync_dir(os.path.dirname(self._final) or ".")
+            except OSError:
+                log.exception("publishing the Raft snapshot failed")
+                return int(SERIALIZER_STATE.FAILED)
+        return int(outcome)
 
     def deserialize(self, file_name: str) -> tuple[Any, Any, Any]:
         with open(file_name, "rb") as f:
@@ -277,12 +311,13 @@ class RaftNode:
         self._replica = _Replica(self, s.raft_address, list(s.peers), conf)
 
     def stop(self, snapshot_deadline: float = SNAPSHOT_STOP_SECONDS) -> None:
-        """Stop Raft; a dump being written is finished first (or, past the deadline, left as
-        ``raft.dump.writing``, which the next start removes: the previous dump stays whole)."""
+        """Stop Raft; a dump being written is abandoned and its file removed (past the deadline
+        it stays as ``raft.dump.writing``, which the next start removes). The previous dump
+        and the journal stay as pysyncobj left them."""
         replica, self._replica = self._replica, None
         if replica is not None:
             replica.destroy_synchronous()
-        self._snapshotter.join(snapshot_deadline)
+        self._snapshotter.abandon(snapshot_deadline)
 
     # -- called in the Raft thread -----------------------------------------------------------
 

@@ -16,7 +16,7 @@ from slimsched import codec
 from slimsched.errors import Unavailable
 from slimsched.localcluster import free_ports
 from slimsched.model import Schedule
-from slimsched.raft import RaftNode, compaction_due
+from slimsched.raft import SERIALIZER_STATE, RaftNode, compaction_due
 from slimsched.settings import RaftTimings, Settings
 from slimsched.statemachine import encode_command, fingerprint
 from tests.conftest import wait_for
@@ -140,6 +140,32 @@ def test_stale_temporary_dump_files_are_removed_at_start(tmp_path: Path) -> None
         assert not (data / "raft.dump.tmp").exists() and not (data / "raft.dump.writing").exists()
     finally:
         node.stop()
+
+
+def test_a_written_dump_replaces_the_old_one_only_in_the_raft_threads_check(tmp_path: Path) -> None:
+    """pysyncobj compacts its journal when ``check`` answers SUCCESS: a dump on disk before that
+    (a node stopped in between) would make the next start clear the journal and lose entries."""
+    node = RaftNode(Settings(raft_address="127.0.0.1:1", data_dir=str(tmp_path), timings=FAST))
+    node._state.schedules["s1"] = Schedule(id="s1", job_name="fib", cron="* * * * *")
+    snapshotter = node._snapshotter
+    dump = tmp_path / "raft.dump"
+    dump.write_bytes(b"the previous dump")
+    entries = ((b"a", 7, 1), (b"b", 8, 1))
+
+    snapshotter.serialize(str(dump) + ".tmp", entries)
+    assert snapshotter._thread is not None
+    snapshotter._thread.join(10)
+    assert dump.read_bytes() == b"the previous dump"  # written, not published
+    snapshotter.abandon(5)  # the node stops before pysyncobj saw it
+    assert dump.read_bytes() == b"the previous dump"
+    assert not (tmp_path / "raft.dump.writing").exists()
+
+    snapshotter._abandon.clear()
+    snapshotter.serialize(str(dump) + ".tmp", entries)
+    snapshotter._thread.join(10)
+    assert snapshotter.check() == int(SERIALIZER_STATE.SUCCESS)
+    first, second, _ = snapshotter.deserialize(str(dump))
+    assert (first, second) == entries and set(node.read(lambda st: st.schedules)) == {"s1"}
 
 
 def test_compaction_comes_with_enough_commands_or_a_quiet_log() -> None:
