@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -206,24 +207,23 @@ async def test_a_quiet_log_is_compacted_before_either_threshold(tmp_path: Path) 
             n.stop()
 
 
-async def _announced(trio: Trio, levels: list[int]) -> list[asyncio.Task[None]]:
+@contextlib.asynccontextmanager
+async def announcing(trio: Trio, levels: list[int]) -> AsyncIterator[None]:
     """Every node runs its ``hello`` announcement (as a Node does), at the given levels."""
     tasks = []
     for i, node in enumerate(trio.up()):
         node.settings = replace(node.settings, test_command_level=levels[i])
         tasks.append(asyncio.create_task(node.announce_level(recheck_seconds=0.2), name=f"hello-{i}"))
-    return tasks
-
-
-async def _stop(tasks: list[asyncio.Task[None]]) -> None:
-    for t in tasks:
-        t.cancel()
-    await asyncio.wait(tasks, timeout=5)
+    try:
+        yield
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks, timeout=5)
 
 
 async def test_commands_of_one_loop_turn_commit_as_one_batch_once_all_announced(trio: Trio) -> None:
-    tasks = await _announced(trio, [2, 2, 2])
-    try:
+    async with announcing(trio, [2, 2, 2]):
         leader = next(n for n in trio.up() if n.status().is_leader)
         await wait_for(lambda: len(leader.read(lambda s: s.levels)) == 3, 10, "three announcements")
         first = leader.status().commit_index
@@ -242,14 +242,11 @@ async def test_commands_of_one_loop_turn_commit_as_one_batch_once_all_announced(
         assert leader.status().commit_index - first <= 2  # one entry (and maybe a no-op of pysyncobj)
         await wait_for(lambda: len(trio.hashes()) == 1, 5, "followers to apply the batch")
         assert trio.up()[0].read(lambda s: len(s.schedules)) == 58
-    finally:
-        await _stop(tasks)
 
 
 async def test_a_node_of_the_earlier_release_keeps_the_cluster_on_single_entries(trio: Trio) -> None:
     """Rolling upgrade: while one member runs the release before ``batch``, nothing is batched."""
-    tasks = await _announced(trio, [2, 2, 1])
-    try:
+    async with announcing(trio, [2, 2, 1]):
         leader = next(n for n in trio.up() if n.status().is_leader)
         old = trio.up()[2]
         new = trio.up()[0]
@@ -267,14 +264,11 @@ async def test_a_node_of_the_earlier_release_keeps_the_cluster_on_single_entries
             return len({n.read(lambda s: fingerprint(replace(s, levels={}))) for n in trio.up()}) == 1
 
         await wait_for(same_elsewhere, 5, "every node to hold the same state but for the levels")
-    finally:
-        await _stop(tasks)
 
 
 async def test_batched_commands_count_toward_the_snapshot_threshold(trio: Trio) -> None:
     """pysyncobj counts entries: 60 commands in 1-2 batch entries must still bring a snapshot (at 20)."""
-    tasks = await _announced(trio, [2, 2, 2])
-    try:
+    async with announcing(trio, [2, 2, 2]):
         leader = next(n for n in trio.up() if n.status().is_leader)
         await wait_for(lambda: len(leader.read(lambda s: s.levels)) == 3, 10, "three announcements")
         dumps = [trio.base / f"n{i}" / "raft.dump" for i in range(3)]
@@ -288,5 +282,3 @@ async def test_batched_commands_count_toward_the_snapshot_threshold(trio: Trio) 
             )
 
         await wait_for(dumped_all, 10, "a dump of the 60 schedules on every node")
-    finally:
-        await _stop(tasks)
