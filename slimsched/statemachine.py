@@ -373,9 +373,13 @@ def batch_allowed(state: State, members: Iterable[str]) -> bool:
     return all(state.levels.get(m, 1) >= LEVEL_OF_TYPE["batch"] for m in members)
 
 
+# How every batch entry begins (``encode_batch``): how its results are told from other entries'.
+_BATCH_HEAD = b'{"v":%d,"type":"batch"' % COMMAND_VERSION
+
+
 def batch_results(payload: bytes, result: Result) -> list[Result] | None:
     """The per-command results of a ``batch`` entry that was applied; None for any other entry."""
-    if not result.ok or not payload.startswith(b'{"v":%d,"type":"batch"' % COMMAND_VERSION):
+    if not result.ok or not payload.startswith(_BATCH_HEAD):
         return None
     results = (result.value or {}).get("Results")
     return results if isinstance(results, list) else None
@@ -383,7 +387,7 @@ def batch_results(payload: bytes, result: Result) -> list[Result] | None:
 
 def encode_batch(payloads: list[bytes]) -> bytes:
     """One entry carrying commands already encoded, applied in order as if each were its own."""
-    return b'{"v":%d,"type":"batch","commands":[%s]}' % (COMMAND_VERSION, b",".join(payloads))
+    return _BATCH_HEAD + b',"commands":[' + b",".join(payloads) + b"]}"
 
 
 Handler = Callable[[State, dict[str, Any]], Result]
