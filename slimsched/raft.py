@@ -126,7 +126,8 @@ class _Snapshotter:
                 f.write(head[:-1] + b',"state":')
                 for piece in statemachine.encode_snapshot_chunks(state):
                     if self._abandon.is_set():
-                        break
+                        self._outcome = SERIALIZER_STATE.FAILED  # ``abandon`` removes the file
+                        return
                     f.write(piece)
                     # Encoding holds the GIL; without a pause it keeps it for whole switch
                     # intervals (5 ms) against the event loop: the write path's p99 tail.
@@ -134,10 +135,6 @@ class _Snapshotter:
                 f.write(b"}")
                 f.flush()
                 os.fsync(f.fileno())
-            if self._abandon.is_set():
-                os.remove(writing)
-                self._outcome = SERIALIZER_STATE.FAILED
-                return
             self._outcome = SERIALIZER_STATE.SUCCESS
         except Exception:
             log.exception("writing the Raft snapshot failed")
@@ -152,7 +149,7 @@ class _Snapshotter:
         if thread is not None:
             self._abandon.set()
             thread.join(timeout)
-            if self._outcome == SERIALIZER_STATE.SUCCESS:
+            if not thread.is_alive():  # stopped early or finished unpublished: either way, drop it
                 with contextlib.suppress(OSError):
                     os.remove(self._final + ".writing")
 

@@ -66,7 +66,7 @@ class RaftTimings:
     # in commands (raft.compaction_due), since a batch entry holds many.
     log_compaction_min_entries: int = 20000
     log_compaction_min_time: float = 300.0
-    # Once writes stop, the log (up to ~0.8 KB an entry in memory) is compacted without waiting
+    # Once writes stop, the log (up to ~0.8 KB a command in memory) is compacted without waiting
     # for either threshold: a restart then replays a short journal, and the next burst reuses the
     # log's memory. RSS does not drop (bench_memory): the freed entries share pymalloc arenas
     # with the state, and the journal file's pages stay mapped.
