@@ -23,9 +23,7 @@ from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
 
-import orjson
-
-from slimsched import catalog, codec, cronplan, jobconfig, statemachine
+from slimsched import catalog, codec, cronplan, jobconfig
 from slimsched.duequeue import DueQueue
 from slimsched.errors import ApiError, KubeError
 from slimsched.jobmanifest import (
@@ -127,21 +125,13 @@ class Leader:
         if self._inbox is not None:
             self._inbox.put(self._set_role, is_leader)
 
-    def on_applied(self, payload: bytes, result: Result) -> None:
-        if not self._leading or self._inbox is None or not result.ok:
+    def on_applied(self, commands: tuple[tuple[object, Result], ...]) -> None:
+        if not self._leading or self._inbox is None:
             return
-        try:
-            cmd = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return
-        batch = statemachine.batch_results(payload, result)
-        if batch is None:
+        for cmd, result in commands:
             self._notice(cmd, result)
-            return
-        for sub, sub_result in zip(cmd["commands"], batch, strict=True):
-            self._notice(sub, sub_result)
 
-    def _notice(self, cmd: Any, result: Result) -> None:
+    def _notice(self, cmd: object, result: Result) -> None:
         """Wake the loops that an applied command concerns (in the Raft thread)."""
         assert self._inbox is not None
         if not result.ok or not isinstance(cmd, dict):

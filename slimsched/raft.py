@@ -1,6 +1,6 @@
 """The Raft node: the only module that imports pysyncobj, and its bridge to asyncio.
 
-One replicated method, ``apply(payload: bytes)``, runs ``statemachine.apply`` in pysyncobj's
+One replicated method, ``apply(payload: bytes)``, runs ``statemachine.apply_entry`` in pysyncobj's
 thread under a lock that readers share. Snapshots dump only the ``State``, as versioned orjson,
 through ``SyncObjConf(serializer=..., deserializer=..., serializeChecker=...)``: the Raft thread
 takes a shallow copy of the state and a background thread encodes and writes it, so the Raft
@@ -42,6 +42,9 @@ from slimsched.statemachine import Result, State
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Called in the Raft thread after each entry, with the commands it held and their results.
+AppliedHook = Callable[[tuple[tuple[object, Result], ...]], None]
+
 DUMP_VERSION = 1
 _RETRYABLE = frozenset(
     {
@@ -260,7 +263,7 @@ class RaftNode:
         settings: Settings,
         *,
         on_role_change: Callable[[bool], None] | None = None,
-        on_applied: Callable[[bytes, Result], None] | None = None,
+        on_applied: AppliedHook | None = None,
     ) -> None:
         self.settings = settings
         self._lock = threading.Lock()
@@ -278,7 +281,7 @@ class RaftNode:
         self,
         *,
         on_role_change: Callable[[bool], None] | None = None,
-        on_applied: Callable[[bytes, Result], None] | None = None,
+        on_applied: AppliedHook | None = None,
     ) -> None:
         """Install the Raft-thread callbacks (before ``start``)."""
         self._on_role_change = on_role_change
@@ -320,16 +323,15 @@ class RaftNode:
 
     def _apply(self, payload: bytes) -> Result:
         with self._lock:
-            result = statemachine.apply(self._state, payload, level=self.settings.test_command_level)
-        batch = statemachine.batch_results(payload, result)
-        self._snapshotter.applied += 1 if batch is None else len(batch)
+            applied = statemachine.apply_entry(self._state, payload, level=self.settings.test_command_level)
+        self._snapshotter.applied += max(1, len(applied.commands))
         self._snapshotter.last_applied_at = time.monotonic()
         if self._on_applied is not None:
             try:
-                self._on_applied(payload, result)
+                self._on_applied(applied.commands)
             except Exception:
                 log.exception("on_applied hook failed")
-        return result
+        return applied.result
 
     def _copy_state(self) -> State:
         with self._lock:

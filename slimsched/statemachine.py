@@ -407,30 +407,46 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+@dataclass(frozen=True)
+class Applied:
+    """What one entry did: its result, and every command it held, decoded, with that command's own
+    result (a batch's commands in order; one pair for any other entry; none when the entry was not
+    JSON or a batch was refused whole). Hooks read the commands here instead of parsing again."""
+
+    result: Result
+    commands: tuple[tuple[object, Result], ...]
+
+
 def apply(state: State, payload: bytes, *, level: int = COMMAND_LEVEL) -> Result:
     """Apply one replicated command. Never raises; a bad command leaves the state untouched.
 
     A ``batch`` answers ``ok`` with ``value["Results"]``, one Result per command, in order.
     ``level`` below COMMAND_LEVEL applies as a node of that earlier release would (tests).
     """
+    return apply_entry(state, payload, level=level).result
+
+
+def apply_entry(state: State, payload: bytes, *, level: int = COMMAND_LEVEL) -> Applied:
+    """``apply``, also answering each command the entry held, as decoded, with its result."""
     try:
         cmd = orjson.loads(payload)
     except (orjson.JSONDecodeError, TypeError):
-        return error("invalid", "command is not JSON")
+        return Applied(error("invalid", "command is not JSON"), ())
     if isinstance(cmd, dict) and cmd.get("type") == "batch" and level >= LEVEL_OF_TYPE["batch"]:
         commands = cmd.get("commands")
         if cmd.get("v") != COMMAND_VERSION or not isinstance(commands, list):
-            return error("invalid", "a batch needs version 1 and a list of commands")
+            return Applied(error("invalid", "a batch needs version 1 and a list of commands"), ())
         if len(commands) > MAX_BATCH_COMMANDS:
-            return error("invalid", f"a batch holds at most {MAX_BATCH_COMMANDS} commands")
+            return Applied(error("invalid", f"a batch holds at most {MAX_BATCH_COMMANDS} commands"), ())
         results = [
             error("invalid", "a batch cannot hold a batch")
             if isinstance(c, dict) and c.get("type") == "batch"
             else _apply_command(state, c, level)
             for c in commands
         ]
-        return Result("ok", value={"Results": results})
-    return _apply_command(state, cmd, level)
+        return Applied(Result("ok", value={"Results": results}), tuple(zip(commands, results, strict=True)))
+    result = _apply_command(state, cmd, level)
+    return Applied(result, ((cmd, result),))
 
 
 def _apply_command(state: State, cmd: object, level: int) -> Result:

@@ -19,7 +19,7 @@ from slimsched.localcluster import free_ports
 from slimsched.model import Schedule
 from slimsched.raft import SERIALIZER_STATE, RaftNode, compaction_due
 from slimsched.settings import RaftTimings, Settings
-from slimsched.statemachine import encode_command, fingerprint
+from slimsched.statemachine import Result, encode_command, fingerprint
 from tests.conftest import wait_for
 
 FAST = RaftTimings(raft_min_timeout=0.31, raft_max_timeout=0.6, log_compaction_min_entries=20)
@@ -228,6 +228,8 @@ async def test_commands_of_one_loop_turn_commit_as_one_batch_once_all_announced(
         await wait_for(lambda: len(leader.read(lambda s: s.levels)) == 3, 10, "three announcements")
         first = leader.status().commit_index
         batches = leader.batches
+        seen: list[tuple[object, Result]] = []
+        leader.set_hooks(on_applied=seen.extend)
         # 60 creates, one a retry of another (same rid) and one a conflict (same id, new rid).
         payloads = [_create(i) for i in range(58)] + [_create(7)]
         conflict = Schedule(id="s3", job_name="fib", cron="* * * * *", created_at_ms=3)
@@ -239,6 +241,13 @@ async def test_commands_of_one_loop_turn_commit_as_one_batch_once_all_announced(
         assert results[58] == results[7]  # the retry answered from memory, not applied twice
         assert results[59].code == "conflict"
         assert leader.batches == batches + 1
+        # The hook saw every command of the batch, decoded, with its own result.
+        created = [
+            (c["schedule"]["Id"], r.code)
+            for c, r in seen
+            if isinstance(c, dict) and c["type"] == "create_schedule"
+        ]
+        assert created == [(f"s{i}", "ok") for i in range(58)] + [("s7", "ok"), ("s3", "conflict")]
         assert leader.status().commit_index - first <= 2  # one entry (and maybe a no-op of pysyncobj)
         await wait_for(lambda: len(trio.hashes()) == 1, 5, "followers to apply the batch")
         assert trio.up()[0].read(lambda s: len(s.schedules)) == 58

@@ -379,16 +379,24 @@ json_commands = st.lists(st.one_of(well_formed, well_formed, json_values.map(orj
 @settings(max_examples=150, deadline=None)
 @given(json_commands, st.integers(1, 30))
 def test_a_batch_applies_like_its_commands_one_by_one(payloads: list[bytes], cut: int) -> None:
-    """Same results, same state, whatever the commands (refused ones included) and the batch cuts."""
+    """Same results, same state, whatever the commands (refused ones included) and the batch cuts;
+    and either way each command reaches the hooks decoded, with its own result."""
     one_by_one = State()
-    expected = [apply(one_by_one, p) for p in payloads]
+    singles = [statemachine.apply_entry(one_by_one, p) for p in payloads]
+    expected = [a.result for a in singles]
+    decoded = [orjson.loads(p) for p in payloads]
+    assert [pair for a in singles for pair in a.commands] == list(zip(decoded, expected, strict=True))
     batched = State()
     results: list[statemachine.Result] = []
+    pairs: list[tuple[object, statemachine.Result]] = []
     for start in range(0, len(payloads), cut):
-        answer = apply(batched, statemachine.encode_batch(payloads[start : start + cut]))
+        applied = statemachine.apply_entry(batched, statemachine.encode_batch(payloads[start : start + cut]))
+        answer = applied.result
         assert answer.ok and answer.value is not None
         results.extend(answer.value["Results"])
+        pairs.extend(applied.commands)
     assert results == expected
+    assert pairs == list(zip(decoded, expected, strict=True))
     assert fingerprint(batched) == fingerprint(one_by_one)
 
 
@@ -441,6 +449,10 @@ def test_a_batch_refuses_nesting_and_oversize_without_touching_the_state() -> No
     not_a_list = apply(state, orjson.dumps({"v": 1, "type": "batch", "commands": {"a": 1}}))
     assert not_a_list.code == "invalid"
     assert fingerprint(state) == before
+    # Refused whole, or not JSON at all: no command was applied, so none reaches the hooks.
+    for payload in (statemachine.encode_batch([barrier] * (statemachine.MAX_BATCH_COMMANDS + 1)), b"{"):
+        refused = statemachine.apply_entry(state, payload)
+        assert refused.result.code == "invalid" and refused.commands == ()
 
 
 def test_levels_survive_a_snapshot_and_a_snapshot_of_the_earlier_release_has_none() -> None:
