@@ -396,16 +396,18 @@ class RaftNode:
             self._outbox.append((payload, fut))
             if len(self._outbox) == 1:
                 loop.call_soon(self._propose_outbox, inbox)
-            remaining = deadline - loop.time()
+            # A timer that fails the future, not asyncio.timeout or wait_for: the future is this
+            # call's own, so a cancelled caller cancels it (and a pending proposal of it), and
+            # the context manager's bookkeeping was ~5 % of the leader's time under write load.
+            timer = loop.call_at(max(deadline, loop.time() + 0.001), _expire, fut)
             try:
-                # asyncio.timeout, not wait_for: in 3.11 wait_for can lose a cancellation that
-                # races with the future's completion, and a cancelled caller must stop.
-                async with asyncio.timeout(max(remaining, 0.001)):
-                    result, err = await fut
+                result, err = await fut
             except TimeoutError:
                 raise Unavailable(
                     "commit_timeout", "the cluster did not commit the request in time; retry later"
                 ) from None
+            finally:
+                timer.cancel()
             if err == FAIL_REASON.SUCCESS:
                 assert isinstance(result, Result)
                 return result
@@ -487,6 +489,11 @@ def _settle_batch(
         return
     for fut, r in zip(futs, results, strict=True):
         _settle(fut, r, err)
+
+
+def _expire(fut: asyncio.Future[tuple[Any, int]]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 def _settle(fut: asyncio.Future[tuple[Any, int]], result: Any, err: int) -> None:

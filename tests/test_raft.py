@@ -124,9 +124,23 @@ async def test_submit_without_quorum_is_unavailable_within_deadline(trio: Trio) 
     assert node0 is not None
     trio.stop(1)
     trio.stop(2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     with pytest.raises(Unavailable) as err:
         await node0.submit(_create(1), within=1.0)
     assert err.value.status == 503 and err.value.retry_after is not None
+    assert loop.time() - started < 2.0  # the deadline holds, however the retries went
+
+    # A caller cancelled long before its deadline stops at once.
+    task = asyncio.create_task(node0.submit(_create(2), within=30.0), name="cancelled-submit")
+    await asyncio.sleep(0)  # one turn: the submit queues its command
+    assert node0._outbox
+    await wait_for(lambda: not node0._outbox, 5, "the submit to be proposed")
+    task.cancel()
+    started = loop.time()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2.0)
+    assert loop.time() - started < 1.0
 
 
 def test_stale_temporary_dump_files_are_removed_at_start(tmp_path: Path) -> None:
