@@ -1,13 +1,15 @@
 """API write path on a 3-node local cluster, next to raw pysyncobj with the same settings.
 
 For ``POST /job-schedules/{name}`` and ``POST /job/{name}``, with 1, 24 and 64 concurrent
-closed-loop clients (aiohttp, keep-alive), sent either all to the leader or spread round-robin
+closed-loop clients (keep-alive; ``bench/_lean_http.py``, which costs the shared CPU a fifth of
+what aiohttp's client does, or ``--client aiohttp``), sent either all to the leader or spread round-robin
 over the 3 nodes (followers forward to the leader through pysyncobj): throughput, p50/p99
 latency, and the CPU share of each process. The anchor is a raw pysyncobj 3-process cluster
 with the same ``SyncObjConf`` as ``slimsched/raft.py`` whose clients, in the leader process,
 commit payloads of the same size as slimsched's command, with the same concurrency.
 
-Run: ``.venv/bin/python -m bench.bench_write [--seconds 5]``
+Run: ``.venv/bin/python -m bench.bench_write [--seconds 5] [--client lean|aiohttp]
+[--endpoints schedule,job]``
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import IO, Any
 import aiohttp
 import orjson
 
+from bench import _lean_http
 from bench._common import (
     BENCH_JOB,
     BENCH_JOBS_CONFIGURATION,
@@ -212,7 +215,13 @@ async def http_load(
 
 
 def slimsched_load(
-    c: LocalCluster, leader: int, endpoint: str, spread: bool, clients: int, seconds: float
+    c: LocalCluster,
+    leader: int,
+    endpoint: str,
+    spread: bool,
+    clients: int,
+    seconds: float,
+    client: str = "lean",
 ) -> Figures:
     path, body, expect = (
         (f"/job-schedules/{BENCH_JOB}", SCHEDULE_BODY, 201)
@@ -227,7 +236,11 @@ def slimsched_load(
     pids["client"] = os.getpid()
     before = {k: cpu_seconds(p) for k, p in pids.items()}
     t0 = time.monotonic()
-    lat, errors, elapsed = asyncio.run(http_load(urls, path, body, clients, seconds, expect))
+    if client == "lean":
+        data = orjson.dumps(body)
+        lat, errors, elapsed = asyncio.run(_lean_http.load(urls, path, data, clients, seconds, expect))
+    else:
+        lat, errors, elapsed = asyncio.run(http_load(urls, path, body, clients, seconds, expect))
     wall = time.monotonic() - t0
     cpu = {k: (cpu_seconds(p) - before[k]) / wall for k, p in pids.items()}
     return Figures(len(lat) / elapsed, percentile(lat, 50), percentile(lat, 99), len(lat), errors, cpu)
@@ -236,8 +249,17 @@ def slimsched_load(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row")
+    parser.add_argument(
+        "--client",
+        choices=("lean", "aiohttp"),
+        default="lean",
+        help="load generator: bench/_lean_http.py (default), or aiohttp's client (as before 2026-12-02)",
+    )
+    parser.add_argument(
+        "--endpoints", default="schedule,job", help="comma-separated subset of: schedule, job"
+    )
     args = parser.parse_args(argv)
-    sizes = command_sizes()
+    sizes = {k: v for k, v in command_sizes().items() if k in args.endpoints.split(",")}
     say(f"Raft command sizes (bytes): {sizes}")
 
     raw: dict[tuple[str, int], Figures] = {}
@@ -257,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
             for spread in (False, True):
                 for clients in CLIENTS:
                     say(f"slimsched {endpoint} spread={spread} x{clients} ...")
-                    f = slimsched_load(c, leader, endpoint, spread, clients, args.seconds)
+                    f = slimsched_load(c, leader, endpoint, spread, clients, args.seconds, args.client)
                     r = raw[(endpoint, clients)]
                     others = sum(v for k, v in f.cpu.items() if k.startswith("follower"))
                     rows.append(
@@ -282,9 +304,8 @@ def main(argv: list[str] | None = None) -> None:
             sched_count = c.status(leader)
             say(f"  state after the {endpoint} rows: {sched_count}")
     print(
-        f"\nRaft command bytes: schedule {sizes['schedule']}, job {sizes['job']}; "
-        f"{args.seconds:g} s measured per row after 1 s of warm-up; 2-core machine, clients in the "
-        "bench process.\n"
+        f"\nRaft command bytes: {sizes}; {args.seconds:g} s measured per row after 1 s of warm-up; "
+        f"2-core machine, clients in the bench process ({args.client} client).\n"
     )
     print(
         table(
