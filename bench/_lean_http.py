@@ -55,7 +55,11 @@ class _Connection(asyncio.Protocol):
             self._fail(ProtocolError(f"unsupported answer: {self._buf[:end][:200]!r}"))
             return
         stop = head.find(b"\r\n", at + 2)
-        length = int(head[at + 17 : None if stop < 0 else stop])
+        try:
+            length = int(head[at + 17 : None if stop < 0 else stop])
+        except ValueError:
+            self._fail(ProtocolError(f"bad Content-Length: {self._buf[:end][:200]!r}"))
+            return
         if len(self._buf) < end + 4 + length:
             return
         status = int(head[9:12])

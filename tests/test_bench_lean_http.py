@@ -36,6 +36,14 @@ async def _chunked(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _bad_length(request: web.Request) -> web.StreamResponse:
+    request.app[SERVED].append("bad length")
+    assert request.transport is not None
+    request.transport.write(b"HTTP/1.1 201 Created\r\nContent-Length: many\r\n\r\n{}")
+    request.transport.close()
+    return web.Response(status=201)
+
+
 async def _every_other_closes(request: web.Request) -> web.Response:
     served = request.app[SERVED]
     served.append("flaky")
@@ -52,6 +60,7 @@ async def server() -> AsyncIterator[tuple[str, list[str]]]:
     app.router.add_post("/ok", _ok)
     app.router.add_post("/refused", _refused)
     app.router.add_post("/chunked", _chunked)
+    app.router.add_post("/bad-length", _bad_length)
     app.router.add_post("/flaky", _every_other_closes)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -77,9 +86,12 @@ async def test_a_status_other_than_the_expected_one_is_an_error(server: tuple[st
     assert lat == [] and errors == len(served) > 2
 
 
-async def test_an_answer_it_cannot_frame_is_an_error_not_a_hang(server: tuple[str, list[str]]) -> None:
+@pytest.mark.parametrize("path", ["/chunked", "/bad-length"])
+async def test_an_answer_it_cannot_frame_is_an_error_not_a_hang(
+    server: tuple[str, list[str]], path: str
+) -> None:
     url, served = server
-    lat, errors, _ = await _lean_http.load([url], "/chunked", b"{}", 2, 0.2, 201, warm_up=0)
+    lat, errors, _ = await _lean_http.load([url], path, b"{}", 2, 0.2, 201, warm_up=0)
     assert lat == [] and errors == len(served) > 2
 
 
