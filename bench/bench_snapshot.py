@@ -8,6 +8,7 @@ single-node RaftNode over TCP on 127.0.0.1:
 - the synchronous part of the serializer (exactly what pysyncobj's thread runs), timed around
   the call the way pysyncobj makes it;
 - the background write (encode + fsync + rename) and the dump's size;
+- loading that dump, as a restarted node or a follower sent the snapshot does in its Raft thread;
 - commit latency of a steady stream of small commands while a snapshot is taken, next to the
   same stream without a snapshot (one run: compare the two).
 
@@ -99,6 +100,15 @@ async def main(schedules: int) -> None:
             writes.append((time.perf_counter() - t0) * 1000)
             during += await load
         size = os.stat(dump).st_size
+        # What a restarted node, or a follower sent this snapshot, does in its Raft thread.
+        loads: list[float] = []
+        for _ in range(3):
+            fresh = RaftNode(node.settings)  # not started: only its deserializer is called
+            t0 = time.perf_counter()
+            fresh._snapshotter.deserialize(dump)
+            loads.append((time.perf_counter() - t0) * 1000)
+            assert fresh.read(lambda st: len(st.schedules)) == schedules
+            del fresh
     finally:
         node.stop()
 
@@ -110,6 +120,7 @@ async def main(schedules: int) -> None:
                 "serializer stall in Raft thread ms (3 runs)",
                 "background write ms",
                 "dump MB",
+                "dump load in Raft thread ms (3 runs)",
             ],
             [
                 [
@@ -118,6 +129,7 @@ async def main(schedules: int) -> None:
                     " / ".join(f"{s:.1f}" for s in stalls),
                     " / ".join(f"{w:.0f}" for w in writes),
                     f"{size / 1e6:.1f}",
+                    " / ".join(f"{x:.0f}" for x in loads),
                 ]
             ],
         )

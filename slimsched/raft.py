@@ -32,7 +32,7 @@ import orjson
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.config import SERIALIZER_STATE as SERIALIZER_STATE  # re-exported for tests
 
-from slimsched import statemachine
+from slimsched import heap, statemachine
 from slimsched.errors import Unavailable
 from slimsched.files import fsync_dir
 from slimsched.loopinbox import LoopInbox
@@ -46,6 +46,9 @@ T = TypeVar("T")
 AppliedHook = Callable[[tuple[tuple[object, Result], ...]], None]
 
 DUMP_VERSION = 1
+# An entry this large is a restore (batches stay under MAX_BATCH_BYTES): applied with the cyclic
+# collector paused, which halves the time every node's Raft thread spends on it.
+BULK_ENTRY_BYTES = 1_000_000
 _RETRYABLE = frozenset(
     {
         FAIL_REASON.QUEUE_FULL,
@@ -187,11 +190,12 @@ class _Snapshotter:
         return int(outcome)
 
     def deserialize(self, file_name: str) -> tuple[Any, Any, Any]:
-        with open(file_name, "rb") as f:
+        with open(file_name, "rb") as f, heap.collections_paused():
             doc = orjson.loads(f.read())
-        if doc.get("v") != DUMP_VERSION:
-            raise ValueError(f"unsupported Raft dump version {doc.get('v')!r}")
-        self._node._replace_state(statemachine.snapshot_from_dict(doc["state"]))
+            if doc.get("v") != DUMP_VERSION:
+                raise ValueError(f"unsupported Raft dump version {doc.get('v')!r}")
+            state = statemachine.snapshot_from_dict(doc["state"])
+        self._node._replace_state(state)
         if self._node._replica is not None:
             self._node._replica.defer_election()
         first, second = doc["raft"]
@@ -322,7 +326,8 @@ class RaftNode:
     # -- called in the Raft thread -----------------------------------------------------------
 
     def _apply(self, payload: bytes) -> Result:
-        with self._lock:
+        bulk = heap.collections_paused() if len(payload) >= BULK_ENTRY_BYTES else contextlib.nullcontext()
+        with bulk, self._lock:
             applied = statemachine.apply_entry(self._state, payload, level=self.settings.test_command_level)
         self._snapshotter.applied += max(1, len(applied.commands))
         self._snapshotter.last_applied_at = time.monotonic()

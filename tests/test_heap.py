@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from slimsched import ids
-from slimsched.heap import HeapPolicy, HeapSteward
+from slimsched.heap import HeapPolicy, HeapSteward, collections_paused
 from slimsched.loopinbox import LoopInbox
 
 
@@ -52,6 +52,53 @@ def test_steward_young_step_collects_unfrozen_cycles(frozen_heap: None) -> None:
     del cycle
     steward.step(2.0)
     assert alive() is None, "garbage younger than the last freeze goes at the next step"
+
+
+def test_collections_pause_nests_and_leaves_the_collector_as_it_found_it(frozen_heap: None) -> None:
+    assert gc.isenabled()
+    gc.unfreeze()
+    with collections_paused():
+        assert not gc.isenabled()
+        with collections_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled(), "the outer pause still holds"
+        assert gc.get_freeze_count() == 0
+    assert gc.isenabled()
+    assert gc.get_freeze_count() > 0, "what was built is frozen when the last pause ends"
+    assert gc.get_count()[0] < 50  # no young collection put off for the next allocation to pay
+    gc.disable()
+    try:
+        with collections_paused():
+            pass
+        assert not gc.isenabled(), "a collector disabled before stays disabled"
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), collections_paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+
+
+def test_overlapping_pauses_in_two_threads_end_with_the_last_one(frozen_heap: None) -> None:
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def second() -> None:
+        first_in.wait(5)
+        with collections_paused():
+            second_in.set()
+            first_out.wait(5)
+            seen.append(gc.isenabled())  # the first thread has left: still paused for this one
+        seen.append(gc.isenabled())
+
+    t = threading.Thread(target=second, name="second-pauser")
+    t.start()
+    with collections_paused():
+        first_in.set()
+        assert second_in.wait(5)
+    first_out.set()
+    t.join(5)
+    assert seen == [False, True]
+    assert gc.isenabled()
 
 
 def test_ids_are_32_hex_digits_and_unique() -> None:
