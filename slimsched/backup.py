@@ -4,7 +4,8 @@ Why this exists: Raft keeps the schedules only while a majority of nodes keeps i
 pysyncobj never fsyncs its journal. The backup volume is the second line: every node writes the
 schedules (with their last fired ticks and pause state) to ``schedule-jobs-backup.json`` in
 ``SLIMSCHED_BACKUP_DIR``, and a leader that finds a cold-started, empty cluster loads the newest
-backup whose hashes verify and commits one ``restore`` command. backup/RUNBOOK.md is the
+backup whose hashes verify and commits it: one ``restore`` command, or ``restore_part`` commands
+of about 1 MB when it is larger and every member applies them. backup/RUNBOOK.md is the
 operator's side of this; backup/schema.json specifies the file.
 
 The file is the canonical encoding (orjson, sorted keys, no whitespace, one trailing newline) of::
@@ -55,7 +56,7 @@ from slimsched.errors import ApiError, BadRequest, ConfigError, Conflict, Forbid
 from slimsched.files import fsync_dir
 from slimsched.model import Schedule
 from slimsched.raft import RaftNode
-from slimsched.statemachine import Result, State, encode_command
+from slimsched.statemachine import OK, Result, State, encode_command
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,15 @@ _TMP_SUFFIX = ".tmp"
 CATCH_UP_GRACE_SECONDS = 60.0
 STOP_DEADLINE_SECONDS = 10.0
 READY_POLL_SECONDS = 0.05
-# Committing 100,000 schedules in one entry takes seconds; the restore retries with the same
+# Committing 100,000 schedules takes seconds; the restore retries with the same
 # request id until committed (the state machine answers a repeat from memory).
 RESTORE_COMMIT_SECONDS = 120.0
+# A restore larger than this goes to Raft in parts (``restore_part``) once every member applies
+# them: as one 30 MB entry, 100,000 schedules held every node's Raft thread ~2 s, and the
+# leader's silence meanwhile cost an election (bench/RESULTS.md).
+RESTORE_PART_BYTES = 1_000_000
+# At a cold start the members announce their levels right after the first election.
+RESTORE_LEVEL_WAIT_SECONDS = 10.0
 MAX_RESTORE_BODY_BYTES = 512 * 1024 * 1024
 ADMIN_RESTORE_PATH = "/admin/restore"
 
@@ -463,6 +470,29 @@ def restore_command(backup: Backup, rid: str) -> bytes:
     return encode_command("restore", rid=rid, schedules=backup.schedules, last_fired=backup.last_fired)
 
 
+def restore_parts(backup: Backup, rid: str, *, whole_bytes: int, part_bytes: int) -> list[bytes]:
+    """The restore whose single command is ``whole_bytes`` long, as ``restore_part`` commands of
+    about ``part_bytes`` each, committed in order (the state machine lands them with the last)."""
+    count = len(backup.schedules)
+    per = max(1, -(-count // max(1, -(-whole_bytes // part_bytes))))
+    groups = [backup.schedules[i : i + per] for i in range(0, count, per)] or [[]]
+    commands = []
+    for n, group in enumerate(groups):
+        ids_in = {str(d["Id"]) for d in group}
+        commands.append(
+            encode_command(
+                "restore_part",
+                rid=f"{rid}.{n}",
+                restore=rid,
+                part=n,
+                parts=len(groups),
+                schedules=group,
+                last_fired={k: v for k, v in backup.last_fired.items() if k in ids_in},
+            )
+        )
+    return commands
+
+
 # -- file I/O (blocking: run in an executor) -----------------------------------------------------
 
 
@@ -585,6 +615,8 @@ class Backups:
     registry: CollectorRegistry
     clock: Callable[[], float]
     new_id: Callable[[], str] = field(default=ids.new_id)
+    restore_part_bytes: int = RESTORE_PART_BYTES
+    restore_level_wait_seconds: float = RESTORE_LEVEL_WAIT_SECONDS
     disk: DiskState = field(default_factory=DiskState, init=False)
     last_outcome: str | None = field(default=None, init=False)
     last_restore: str | None = field(default=None, init=False)
@@ -753,14 +785,11 @@ class Backups:
             return "not_cold_start"
         loop = asyncio.get_running_loop()
 
-        def load() -> tuple[Choice, bytes | None]:
+        def load() -> Choice:
             with self._io_lock:
-                choice = choose_backup(read_candidates(self.backup_dir))
-            if choice.backup is None or not choice.backup.schedules:
-                return choice, None
-            return choice, restore_command(choice.backup, self.new_id())
+                return choose_backup(read_candidates(self.backup_dir))
 
-        choice, command = await loop.run_in_executor(None, load)
+        choice = await loop.run_in_executor(None, load)
         self._report(choice.refused)
         if choice.backup is None:
             if choice.refused:
@@ -768,10 +797,19 @@ class Backups:
                 return "refused"
             log.info("cold start: no backup in %s; nothing to restore", self.backup_dir)
             return "no_backup"
-        if command is None:
+        backup = choice.backup
+        if not backup.schedules:
             log.info("cold start: the backup %s holds no schedules; nothing to restore", choice.name)
             return "empty_backup"
-        info = choice.backup.info
+        rid = self.new_id()
+        single = await loop.run_in_executor(None, restore_command, backup, rid)
+        commands = [single]
+        if len(single) > self.restore_part_bytes and await self._members_apply_parts():
+            size, part = len(single), self.restore_part_bytes
+            commands = await loop.run_in_executor(
+                None, lambda: restore_parts(backup, rid, whole_bytes=size, part_bytes=part)
+            )
+        info = backup.info
         log.warning(
             "cold start: restoring %d schedules from %s (sha256 %s, written %s by %s at Raft index %d)",
             info.schedule_count,
@@ -781,12 +819,30 @@ class Backups:
             info.node,
             info.raft_index,
         )
-        result = await self._commit(command)
+        result = OK
+        for command in commands:
+            result = await self._commit(command)
+            if not result.ok:
+                break
         if result.ok:
-            log.warning("cold start: %d schedules restored", info.schedule_count)
+            log.warning(
+                "cold start: %d schedules restored (%d Raft entries)", info.schedule_count, len(commands)
+            )
             return "restored"
         log.warning("cold start: restore not applied: %s", result.message)
         return "conflict"
+
+    async def _members_apply_parts(self) -> bool:
+        """Whether every member applies ``restore_part``, once they have announced their levels
+        (waited for a while: at a cold start they announce right after the first election)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.restore_level_wait_seconds
+        while not self.raft.applied_by_all("restore_part"):
+            if loop.time() >= deadline:
+                log.warning("cold start: not every member applies restore_part: restoring in one entry")
+                return False
+            await asyncio.sleep(READY_POLL_SECONDS)
+        return True
 
     async def _commit(self, command: bytes) -> Result:
         """Until committed (the same request id each time); cancelled with the leader's term."""
@@ -808,6 +864,7 @@ def admin_routes(
     access: AccessPolicy,
     *,
     new_id: Callable[[], str] = ids.new_id,
+    part_bytes: int = RESTORE_PART_BYTES,
 ) -> tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...]:
     """``POST /admin/restore``: the body is a backup file, verified again, then committed."""
 
@@ -820,19 +877,30 @@ def admin_routes(
         raw = await _read_limited(request, MAX_RESTORE_BODY_BYTES)
         loop = asyncio.get_running_loop()
 
-        def check() -> tuple[Backup, bytes]:
+        in_parts = raft.applied_by_all("restore_part")
+
+        def check() -> tuple[Backup, list[bytes]]:
             backup = verify_backup(raw)
-            return backup, restore_command(backup, new_id())
+            rid = new_id()
+            single = restore_command(backup, rid)
+            if in_parts and len(single) > part_bytes:
+                return backup, restore_parts(backup, rid, whole_bytes=len(single), part_bytes=part_bytes)
+            return backup, [single]
 
         try:
-            backup, command = await loop.run_in_executor(None, check)
+            backup, commands = await loop.run_in_executor(None, check)
         except BackupError as e:
             raise BadRequest("invalid_backup", f"the backup was refused: {e}") from e
-        result = await raft.submit(command, within=RESTORE_COMMIT_SECONDS)
+        for command in commands:
+            result = await raft.submit(command, within=RESTORE_COMMIT_SECONDS)
+            if not result.ok:
+                break
         if result.code == "conflict":
             raise Conflict(
                 "not_empty", "the cluster already holds schedules: a restore applies only to an empty state"
             )
+        if result.code == "interrupted":
+            raise Conflict("restore_interrupted", f"another restore began meanwhile: {result.message}")
         if not result.ok:
             raise BadRequest(result.code, result.message)
         log.warning(

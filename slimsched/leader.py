@@ -43,7 +43,9 @@ from slimsched.statemachine import Result, State, encode_command
 
 log = logging.getLogger(__name__)
 
-_SCHEDULE_COMMANDS = frozenset({"create_schedule", "delete_schedule", "set_paused", "restore"})
+_SCHEDULE_COMMANDS = frozenset(
+    {"create_schedule", "delete_schedule", "set_paused", "restore", "restore_part"}
+)
 _RUN_COMMANDS = frozenset({"enqueue_run", "fire_tick", "run_status", "cancel_run", "start_dispatch"})
 STOP_DEADLINE_SECONDS = 5.0
 REFRESH_CHUNK = 2000
@@ -138,7 +140,7 @@ class Leader:
             return
         kind = cmd.get("type")
         if kind in _SCHEDULE_COMMANDS:
-            sid = None if kind == "restore" else (result.value or {}).get("Id")
+            sid = None if kind in ("restore", "restore_part") else (result.value or {}).get("Id")
             self._inbox.put(self._schedule_touched, sid)
         if kind in _RUN_COMMANDS:
             self._inbox.put(self._runs_changed)

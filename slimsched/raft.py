@@ -357,6 +357,10 @@ class RaftNode:
         with self._lock:
             return fn(self._state)
 
+    def applied_by_all(self, kind: str) -> bool:
+        """Every member of the cluster announced (``hello``) a release that applies ``kind``."""
+        return self.read(lambda st: statemachine.applied_by_all(st, self._members, kind))
+
     def status(self) -> RaftStatus:
         r = self._require()
         leader = r._getLeader()
@@ -452,7 +456,7 @@ class RaftNode:
             for _, fut in pending:
                 _settle(fut, None, FAIL_REASON.MISSING_LEADER)
             return
-        batching = len(pending) > 1 and self.read(lambda st: statemachine.batch_allowed(st, self._members))
+        batching = len(pending) > 1 and self.applied_by_all("batch")
         for group in _groups(pending) if batching else [[item] for item in pending]:
             futs = [f for _, f in group]
             if len(group) == 1:

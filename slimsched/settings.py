@@ -99,7 +99,8 @@ class Settings:
     # Test only (slimsched chaos proves its checker can fail): skip the FireTick duplicate check.
     test_break_fire_dedup: bool = False
     # Test only (a rolling upgrade without an old build): apply and announce as a node of the
-    # release with this command level would; 1 is the release before ``hello`` and ``batch``.
+    # release with this command level would; 1 is the release before ``hello`` and ``batch``,
+    # 2 the release before ``restore_part``.
     test_command_level: int = COMMAND_LEVEL
     timings: RaftTimings = field(default_factory=RaftTimings)
 

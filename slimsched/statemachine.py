@@ -28,9 +28,9 @@ SNAPSHOT_VERSION = 1
 # Which command types a node applies. A release that adds a type raises it; a node records its
 # level with a ``hello`` and the leader proposes the new types only once every member has
 # announced it, since a node of an earlier release would answer them "unknown" and diverge.
-# Level 2 added ``hello`` and ``batch``.
-COMMAND_LEVEL = 2
-LEVEL_OF_TYPE = {"hello": 2, "batch": 2}
+# Level 2 added ``hello`` and ``batch``; level 3 ``restore_part``.
+COMMAND_LEVEL = 3
+LEVEL_OF_TYPE = {"hello": 2, "batch": 2, "restore_part": 3}
 MAX_BATCH_COMMANDS = 1024
 RECENT_REQUESTS = 20_000
 LEDGER_PER_SCHEDULE = 100
@@ -69,6 +69,20 @@ def error(code: str, message: str) -> Result:
 
 
 @dataclass
+class Restoring:
+    """A restore arriving in parts (``restore_part``): staged here until its last part lands."""
+
+    id: str
+    parts: int
+    next_part: int
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    last_fired: dict[str, int] = field(default_factory=dict)
+
+    def copy(self) -> Restoring:
+        return replace(self, schedules=self.schedules.copy(), last_fired=self.last_fired.copy())
+
+
+@dataclass
 class State:
     schedules: dict[str, Schedule] = field(default_factory=dict)
     last_fired: dict[str, int] = field(default_factory=dict)
@@ -76,6 +90,7 @@ class State:
     ledger: dict[str, tuple[TickRecord, ...]] = field(default_factory=dict)
     recent: OrderedDict[str, Result] = field(default_factory=OrderedDict)
     levels: dict[str, int] = field(default_factory=dict)  # Raft address -> its announced COMMAND_LEVEL
+    restoring: Restoring | None = None
     # Derived indexes, kept by _put_run/_drop_run and rebuilt on decode; never in a snapshot.
     job_schedules: dict[str, dict[str, None]] = field(default_factory=dict)
     job_runs: dict[str, dict[str, None]] = field(default_factory=dict)
@@ -92,6 +107,7 @@ class State:
             ledger=self.ledger.copy(),
             recent=self.recent.copy(),
             levels=self.levels.copy(),
+            restoring=None if self.restoring is None else self.restoring.copy(),
             job_schedules={k: v.copy() for k, v in self.job_schedules.items()},
             job_runs={k: v.copy() for k, v in self.job_runs.items()},
             queued={k: v.copy() for k, v in self.queued.items()},
@@ -346,17 +362,65 @@ def _run_status(state: State, cmd: dict[str, Any]) -> Result:
     return OK
 
 
-def _restore(state: State, cmd: dict[str, Any]) -> Result:
-    """Load schedules from a backup, only into a state that holds none."""
-    if state.schedules:
-        return error("conflict", "state already holds schedules; restore refused")
-    schedules = [codec.schedule_from_dict(s) for s in cmd["schedules"]]
-    last_fired = {str(k): int(v) for k, v in cmd.get("last_fired", {}).items()}
+_NOT_EMPTY = "state already holds schedules; restore refused"
+
+
+def _land(state: State, schedules: Iterable[Schedule], last_fired: dict[str, int]) -> Result:
+    n = 0
     for sched in schedules:
         state.schedules[sched.id] = sched
         state.job_schedules.setdefault(sched.job_name, {})[sched.id] = None
+        n += 1
     state.last_fired.update({k: v for k, v in last_fired.items() if k in state.schedules})
-    return Result("ok", value={"Restored": len(schedules)})
+    return Result("ok", value={"Restored": n})
+
+
+def _restore(state: State, cmd: dict[str, Any]) -> Result:
+    """Load schedules from a backup, only into a state that holds none."""
+    if state.schedules:
+        return error("conflict", _NOT_EMPTY)
+    schedules = [codec.schedule_from_dict(s) for s in cmd["schedules"]]
+    last_fired = {str(k): int(v) for k, v in cmd.get("last_fired", {}).items()}
+    state.restoring = None
+    return _land(state, schedules, last_fired)
+
+
+def _restore_part(state: State, cmd: dict[str, Any]) -> Result:
+    """One part of a restore split so that no entry holds a Raft thread for long.
+
+    Parts are staged in ``state.restoring`` and land together with the last one, so a restore
+    is all or nothing, as ``restore`` is. Part 0 starts a restore (and drops one left unfinished
+    by an earlier leader); a later part must follow the parts applied. Every part but the last
+    answers a bare "ok", so an unfinished restore still looks like a cold start to the next
+    leader, which restores again. Refused when the state holds schedules, which also drops what
+    was staged: a schedule created meanwhile wins over the backup.
+    """
+    restore_id, part, parts = cmd["restore"], cmd["part"], cmd["parts"]
+    if not isinstance(restore_id, str) or not restore_id:
+        return error("invalid", "restore_part needs a restore id")
+    if not isinstance(part, int) or not isinstance(parts, int) or not 0 <= part < parts:
+        return error("invalid", "restore_part needs 0 <= part < parts")
+    if state.schedules:
+        state.restoring = None
+        return error("conflict", _NOT_EMPTY)
+    staged = state.restoring
+    if part == 0:
+        staged = Restoring(id=restore_id, parts=parts, next_part=0)
+    elif staged is None or (staged.id, staged.parts, staged.next_part) != (restore_id, parts, part):
+        return error(
+            "interrupted", f"part {part} of restore {restore_id!r} does not follow the parts applied"
+        )
+    schedules = [codec.schedule_from_dict(s) for s in cmd["schedules"]]
+    last_fired = {str(k): int(v) for k, v in cmd.get("last_fired", {}).items()}
+    for sched in schedules:
+        staged.schedules[sched.id] = sched
+    staged.last_fired.update(last_fired)
+    staged.next_part = part + 1
+    state.restoring = staged
+    if staged.next_part < parts:
+        return OK
+    state.restoring = None
+    return _land(state, staged.schedules.values(), staged.last_fired)
 
 
 def _hello(state: State, cmd: dict[str, Any]) -> Result:
@@ -368,9 +432,14 @@ def _hello(state: State, cmd: dict[str, Any]) -> Result:
     return OK
 
 
+def applied_by_all(state: State, members: Iterable[str], kind: str) -> bool:
+    """Every member announced a level that applies commands of type ``kind``."""
+    return all(state.levels.get(m, 1) >= LEVEL_OF_TYPE.get(kind, 1) for m in members)
+
+
 def batch_allowed(state: State, members: Iterable[str]) -> bool:
     """Every member announced a level that applies ``batch``."""
-    return all(state.levels.get(m, 1) >= LEVEL_OF_TYPE["batch"] for m in members)
+    return applied_by_all(state, members, "batch")
 
 
 # How every batch entry begins (``encode_batch``): how its results are told from other entries'.
@@ -403,6 +472,7 @@ HANDLERS: dict[str, Handler] = {
     "start_dispatch": _start_dispatch,
     "run_status": _run_status,
     "restore": _restore,
+    "restore_part": _restore_part,
     "hello": _hello,
 }
 
@@ -489,7 +559,29 @@ def snapshot_to_dict(state: State) -> dict[str, Any]:
         "ledger": {k: [codec.tick_to_dict(t) for t in v] for k, v in state.ledger.items()},
         "recent": [[k, v.to_dict()] for k, v in state.recent.items()],
         "levels": state.levels,
+        **({} if state.restoring is None else {"restoring": _restoring_to_dict(state.restoring)}),
     }
+
+
+def _restoring_to_dict(r: Restoring) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "parts": r.parts,
+        "next_part": r.next_part,
+        "schedules": [codec.schedule_to_dict(s) for s in r.schedules.values()],
+        "last_fired": r.last_fired,
+    }
+
+
+def _restoring_from_dict(d: dict[str, Any]) -> Restoring:
+    schedules = (codec.schedule_from_dict(s) for s in d["schedules"])
+    return Restoring(
+        id=str(d["id"]),
+        parts=int(d["parts"]),
+        next_part=int(d["next_part"]),
+        schedules={s.id: s for s in schedules},
+        last_fired={str(k): int(v) for k, v in d["last_fired"].items()},
+    )
 
 
 SNAPSHOT_CHUNK = 250  # ~0.5 ms of encoding a piece: the writer yields the GIL between pieces
@@ -528,6 +620,17 @@ def encode_snapshot_chunks(state: State) -> Iterator[bytes]:
     yield b',"recent":'
     yield from _json_list(list(state.recent.items()), lambda kv: [kv[0], kv[1].to_dict()])
     yield b',"levels":' + orjson.dumps(state.levels)
+    if state.restoring is not None:
+        r = state.restoring
+        yield b',"restoring":{"id":%b,"parts":%d,"next_part":%d,"schedules":' % (
+            orjson.dumps(r.id),
+            r.parts,
+            r.next_part,
+        )
+        yield from _json_list(list(r.schedules.values()), codec.schedule_to_dict)
+        yield b',"last_fired":'
+        yield from _json_object(list(r.last_fired.items()), lambda v: v)
+        yield b"}"
     yield b"}"
 
 
@@ -550,6 +653,8 @@ def snapshot_from_dict(d: dict[str, Any]) -> State:
     state.recent = OrderedDict((str(k), Result.from_dict(v)) for k, v in d["recent"])
     # Absent from the snapshots of a release before level 2: no member has announced anything.
     state.levels = {str(k): int(v) for k, v in d.get("levels", {}).items()}
+    # Absent unless a restore in parts was under way (level 3).
+    state.restoring = _restoring_from_dict(d["restoring"]) if d.get("restoring") is not None else None
     return state
 
 

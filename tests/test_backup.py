@@ -19,12 +19,15 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from slimsched import backup as bk
 from slimsched import cli, codec, jobconfig
+from slimsched.access import AccessPolicy
+from slimsched.api import errors_middleware
 from slimsched.cronplan import MAX_MISSED_RECORDED
 from slimsched.emulator import EmulatorThread
 from slimsched.jobmanifest import kube_job_name
@@ -33,8 +36,9 @@ from slimsched.model import ConcurrencyPolicy, EnvVar, JobOverrides, Resources, 
 from slimsched.node import Node
 from slimsched.raft import RaftNode
 from slimsched.settings import RaftTimings, Settings
-from slimsched.statemachine import Result, encode_command, replay
+from slimsched.statemachine import Result, encode_command, fingerprint, replay
 from tests.conftest import ManualClock, wait_for
+from tests.test_raft import Trio, announcing
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000
@@ -314,8 +318,30 @@ def _create(s: Schedule) -> bytes:
             ],
             False,
         ),
+        (  # an earlier leader's restore left unfinished: the next leader restores again
+            [
+                encode_command(
+                    "restore_part",
+                    rid="r.0",
+                    restore="r",
+                    part=0,
+                    parts=2,
+                    schedules=[codec.schedule_to_dict(SCHEDULES[0])],
+                    last_fired={},
+                )
+            ],
+            True,
+        ),
     ],
-    ids=["nothing", "barriers only", "a schedule", "all deleted", "a failed command", "a fired tick"],
+    ids=[
+        "nothing",
+        "barriers only",
+        "a schedule",
+        "all deleted",
+        "a failed command",
+        "a fired tick",
+        "a restore begun",
+    ],
 )
 def test_cold_start_means_only_barriers_were_ever_applied(commands: list[bytes], cold: bool) -> None:
     assert bk.is_cold_start(replay(commands)) is cold
@@ -538,6 +564,69 @@ async def test_a_cluster_whose_schedules_were_deleted_gets_nothing_back(tmp_path
         assert raft.read(lambda s: len(s.schedules)) == 0
 
 
+MANY = tuple(Schedule(id=f"m{i:03d}", job_name=f"job-{i % 4}", cron="0 3 * * *") for i in range(40))
+
+
+def test_restore_parts_split_the_schedules_and_their_last_ticks_in_order() -> None:
+    backup = bk.verify_backup(encoded(MANY, {"m001": T0, "m039": T0 + 60, "gone": T0}))
+    whole = bk.restore_command(backup, "r")
+    parts = [orjson.loads(p) for p in bk.restore_parts(backup, "r", whole_bytes=len(whole), part_bytes=800)]
+    assert len(parts) == -(-len(whole) // 800) or len(parts) == len(whole) // 800
+    assert [(p["part"], p["parts"], p["rid"], p["restore"]) for p in parts] == [
+        (n, len(parts), f"r.{n}", "r") for n in range(len(parts))
+    ]
+    assert [d["Id"] for p in parts for d in p["schedules"]] == [s.id for s in MANY]
+    assert {k: v for p in parts for k, v in p["last_fired"].items()} == {"m001": T0, "m039": T0 + 60}
+    assert max(len(orjson.dumps(p)) for p in parts) < 800 + len(whole) // len(MANY) * 2
+
+
+async def _cold_start_on_three_nodes(tmp_path: Path, levels: list[int]) -> tuple[Trio, int]:
+    """A wiped trio at these levels restores MANY from a backup; (the trio, restore entries)."""
+    backup_dir = tmp_path / "backup"
+    write_files(backup_dir, encoded(MANY, {"m001": T0}), None)
+    trio = Trio(tmp_path)
+    for i in range(3):
+        trio.start(i)
+    await wait_for(lambda: all(n.status().ready for n in trio.up()), 15, "a leader")
+    async with announcing(trio, levels):
+        leader = next(n for n in trio.up() if n.status().is_leader)
+        want = sum(1 for level in levels if level >= 2)
+        await wait_for(lambda: len(leader.read(lambda s: s.levels)) == want, 10, "the announcements")
+        b = make_backups(leader, backup_dir, ManualClock())
+        b.restore_part_bytes, b.restore_level_wait_seconds = 2_000, 0.5
+        assert await b.restore_if_cold_start() == "restored"
+        rids = leader.read(
+            lambda s: [k for k, v in s.recent.items() if v.value is None or "Restored" in v.value]
+        )
+    await wait_for(lambda: len(trio.hashes()) == 1, 10, "every node to hold the same state")
+    for node in trio.up():
+        assert node.read(lambda s: (dict(s.schedules), dict(s.last_fired), s.restoring)) == (
+            {s.id: s for s in MANY},
+            {"m001": T0},
+            None,
+        )
+    return trio, sum(1 for r in rids if r.rsplit(".", 1)[-1].isdigit())
+
+
+async def test_a_large_cold_start_restore_goes_in_parts_and_lands_on_every_node(tmp_path: Path) -> None:
+    trio, parts = await _cold_start_on_three_nodes(tmp_path, [3, 3, 3])
+    try:
+        assert parts > 1, parts
+    finally:
+        for i in range(3):
+            trio.stop(i)
+
+
+async def test_with_a_member_of_an_earlier_release_the_restore_is_one_entry(tmp_path: Path) -> None:
+    trio, parts = await _cold_start_on_three_nodes(tmp_path, [3, 3, 2])
+    try:
+        assert parts == 0
+        assert len({n.read(fingerprint) for n in trio.up()}) == 1
+    finally:
+        for i in range(3):
+            trio.stop(i)
+
+
 # -- the command line and POST /admin/restore ----------------------------------------------------
 
 
@@ -562,6 +651,31 @@ def post(url: str, data: bytes, headers: dict[str, str] | None = None) -> tuple[
             return resp.status, orjson.loads(resp.read())
     except urllib.error.HTTPError as e:
         return e.code, orjson.loads(e.read())
+
+
+async def test_the_admin_restore_goes_in_parts_once_every_member_applies_them(tmp_path: Path) -> None:
+    async with running_raft(raft_settings(tmp_path, free_ports(1)[0])) as raft:
+        app = web.Application(middlewares=[errors_middleware])  # as the node's API app has
+        for method, path, handler in bk.admin_routes(
+            raft, AccessPolicy.build(["127.0.0.1/32"], []), part_bytes=2_000
+        ):
+            app.router.add_route(method, path, handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}{bk.ADMIN_RESTORE_PATH}"
+        try:
+            await submit(raft, encode_command("hello", node=raft.settings.raft_address, level=3))
+            status, body = await asyncio.to_thread(post, url, encoded(MANY, {"m001": T0}))
+            assert (status, body["Restored"]) == (200, len(MANY))
+            parts = raft.read(lambda s: [k for k in s.recent if k.rsplit(".", 1)[-1].isdigit()])
+            assert len(parts) > 1
+            assert raft.read(lambda s: (len(s.schedules), dict(s.last_fired))) == (len(MANY), {"m001": T0})
+            status, body = await asyncio.to_thread(post, url, encoded(MANY))
+            assert (status, body["Error"]) == (409, "not_empty")
+        finally:
+            await runner.cleanup()
 
 
 async def test_cli_restore_goes_through_the_admin_route_into_an_empty_cluster_only(

@@ -462,3 +462,103 @@ def test_levels_survive_a_snapshot_and_a_snapshot_of_the_earlier_release_has_non
     earlier = orjson.loads(encode_snapshot(state))
     del earlier["levels"]
     assert decode_snapshot(orjson.dumps(earlier)).levels == {}
+
+
+# -- a restore in parts ----------------------------------------------------------------------------
+
+
+def _part(restore: str, part: int, parts: int, ids: range, last_fired: dict[str, int] | None = None) -> bytes:
+    return encode_command(
+        "restore_part",
+        rid=f"{restore}.{part}",
+        restore=restore,
+        part=part,
+        parts=parts,
+        schedules=[
+            codec.schedule_to_dict(Schedule(id=f"s{i}", job_name=f"j{i % 3}", cron="* * * * *")) for i in ids
+        ],
+        last_fired=last_fired or {},
+    )
+
+
+def _content(state: State) -> tuple[object, ...]:
+    """What a restore changes (``recent`` remembers refusals too), copied."""
+    staged = None if state.restoring is None else state.restoring.copy()
+    return (dict(state.schedules), dict(state.last_fired), dict(state.job_schedules), staged)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.lists(st.integers(1, 40), min_size=1, max_size=40), st.data())
+def test_a_restore_in_parts_lands_what_one_restore_does(
+    count: int, cuts: list[int], data: st.DataObject
+) -> None:
+    fired = data.draw(
+        st.dictionaries(st.sampled_from([f"s{i}" for i in range(count + 3)]), st.integers(0, 10**10))
+    )
+    whole = State()
+    docs = [
+        codec.schedule_to_dict(Schedule(id=f"s{i}", job_name=f"j{i % 3}", cron="* * * * *"))
+        for i in range(count)
+    ]
+    assert apply(whole, encode_command("restore", rid="w", schedules=docs, last_fired=fired)).ok
+    bounds, start = [], 0
+    for cut in cuts:
+        if start >= count:
+            break
+        bounds.append(range(start, min(count, start + cut)))
+        start += cut
+    if start < count:
+        bounds.append(range(start, count))
+    parted = State()
+    for n, ids in enumerate(bounds):
+        mine = {k: v for k, v in fired.items() if int(k[1:]) in ids}
+        result = apply(parted, _part("r", n, len(bounds), ids, mine))
+        if n < len(bounds) - 1:
+            assert result == statemachine.OK  # a bare "ok": still a cold start for the next leader
+            assert parted.schedules == {} and parted.restoring is not None
+        else:
+            assert result.value == {"Restored": count}
+    assert _content(parted) == _content(whole)
+
+
+def test_restore_parts_out_of_order_or_onto_schedules_are_refused() -> None:
+    state = State()
+    assert apply(state, _part("r", 0, 3, range(0, 2))).ok
+    staged = decode_snapshot(encode_snapshot(state))
+    assert staged.restoring == state.restoring and len(state.restoring.schedules) == 2  # type: ignore[union-attr]
+    for wrong in (
+        _part("r", 2, 3, range(4, 6)),
+        _part("other", 1, 3, range(2, 4)),
+        _part("r", 1, 4, range(2, 4)),
+    ):
+        before = _content(state)
+        assert apply(state, wrong).code == "interrupted"
+        assert _content(state) == before
+    malformed = orjson.loads(_part("r", 1, 3, range(2, 4)))
+    malformed["schedules"] = [{"Id": "x"}]
+    malformed["rid"] = "malformed"  # not r.1: that request id has an answer remembered already
+    before = _content(state)
+    assert apply(state, orjson.dumps(malformed)).code == "invalid"
+    assert _content(state) == before
+    for bad_numbers in ({"part": 3, "parts": 3}, {"part": -1, "parts": 3}, {"part": "1", "parts": 3}):
+        doc = {**orjson.loads(_part("r", 1, 3, range(2, 4))), **bad_numbers, "rid": None}
+        assert apply(state, orjson.dumps(doc)).code == "invalid"
+    # A new restore (an earlier leader's was left unfinished) starts over.
+    assert apply(state, _part("again", 0, 2, range(10, 11))).ok
+    assert apply(state, _part("again", 1, 2, range(11, 12))).value == {"Restored": 2}
+    assert set(state.schedules) == {"s10", "s11"} and state.restoring is None
+    # Onto schedules: refused, and what was staged meanwhile is dropped.
+    state.schedules.clear()
+    state.job_schedules.clear()
+    assert apply(state, _part("late", 0, 2, range(0, 1))).ok
+    assert apply(state, encode_command("create_schedule", schedule=_schedule("mine"))).ok
+    assert apply(state, _part("late", 1, 2, range(1, 2))).code == "conflict"
+    assert set(state.schedules) == {"mine"} and state.restoring is None
+
+
+def test_a_node_of_an_earlier_release_refuses_restore_parts() -> None:
+    state = State()
+    result = apply(state, _part("r", 0, 1, range(0, 1)), level=2)
+    assert result.code == "invalid" and "unknown command type" in result.message
+    assert fingerprint(state) == fingerprint(State())
+    assert apply(state, _part("r", 0, 1, range(0, 1))).value == {"Restored": 1}
