@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -82,6 +83,7 @@ RESTORE_COMMIT_SECONDS = 120.0
 RESTORE_PART_BYTES = 1_000_000
 # At a cold start the members announce their levels right after the first election.
 RESTORE_LEVEL_WAIT_SECONDS = 10.0
+RESTORE_ATTEMPTS = 3  # a restore in parts starts over when another one interrupted it
 MAX_RESTORE_BODY_BYTES = 512 * 1024 * 1024
 ADMIN_RESTORE_PATH = "/admin/restore"
 
@@ -460,10 +462,12 @@ def is_cold_start(state: State) -> bool:
     usually runs and ticks), so it is not taken for a cold start and nothing deleted comes back.
     The ``restore`` command itself applies only to a state without schedules, so a client
     creating a schedule at the same moment makes the restore a harmless no-op ("conflict").
+    A restore in parts left unfinished is no activity either: its parts answer a bare "ok", and
+    a part that arrived after another restore began answers "interrupted".
     """
     if state.schedules or state.runs or state.last_fired or state.ledger:
         return False
-    return all(r.code == "ok" and r.value is None for r in state.recent.values())
+    return all((r.code == "ok" and r.value is None) or r.code == "interrupted" for r in state.recent.values())
 
 
 def restore_command(backup: Backup, rid: str) -> bytes:
@@ -801,14 +805,7 @@ class Backups:
         if not backup.schedules:
             log.info("cold start: the backup %s holds no schedules; nothing to restore", choice.name)
             return "empty_backup"
-        rid = self.new_id()
-        single = await loop.run_in_executor(None, restore_command, backup, rid)
-        commands = [single]
-        if len(single) > self.restore_part_bytes and await self._members_apply_parts():
-            size, part = len(single), self.restore_part_bytes
-            commands = await loop.run_in_executor(
-                None, lambda: restore_parts(backup, rid, whole_bytes=size, part_bytes=part)
-            )
+        in_parts: bool | None = None
         info = backup.info
         log.warning(
             "cold start: restoring %d schedules from %s (sha256 %s, written %s by %s at Raft index %d)",
@@ -820,10 +817,29 @@ class Backups:
             info.raft_index,
         )
         result = OK
-        for command in commands:
-            result = await self._commit(command)
-            if not result.ok:
+        for attempt in range(RESTORE_ATTEMPTS):
+            rid = self.new_id()
+            single = await loop.run_in_executor(None, restore_command, backup, rid)
+            commands = [single]
+            if len(single) > self.restore_part_bytes:
+                if in_parts is None:
+                    in_parts = await self._members_apply_parts()
+                if in_parts:
+                    part_bytes = self.restore_part_bytes
+                    split = functools.partial(
+                        restore_parts, backup, rid, whole_bytes=len(single), part_bytes=part_bytes
+                    )
+                    commands = await loop.run_in_executor(None, split)
+            for command in commands:
+                result = await self._commit(command)
+                if not result.ok:
+                    break
+            if result.code != "interrupted":
                 break
+            # A part of a restore that an earlier leader began, committed late, reset the parts.
+            log.warning(
+                "cold start: restore interrupted (%s); again (attempt %d)", result.message, attempt + 2
+            )
         if result.ok:
             log.warning(
                 "cold start: %d schedules restored (%d Raft entries)", info.schedule_count, len(commands)

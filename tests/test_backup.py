@@ -332,6 +332,17 @@ def _create(s: Schedule) -> bytes:
             ],
             True,
         ),
+        (  # ... and one of its parts committed after another leader's restore began
+            [
+                encode_command(
+                    "restore_part", rid="r.0", restore="r", part=0, parts=2, schedules=[], last_fired={}
+                ),
+                encode_command(
+                    "restore_part", rid="q.1", restore="q", part=1, parts=2, schedules=[], last_fired={}
+                ),
+            ],
+            True,
+        ),
     ],
     ids=[
         "nothing",
@@ -341,6 +352,7 @@ def _create(s: Schedule) -> bytes:
         "a failed command",
         "a fired tick",
         "a restore begun",
+        "a restore interrupted",
     ],
 )
 def test_cold_start_means_only_barriers_were_ever_applied(commands: list[bytes], cold: bool) -> None:
@@ -615,6 +627,42 @@ async def test_a_large_cold_start_restore_goes_in_parts_and_lands_on_every_node(
     finally:
         for i in range(3):
             trio.stop(i)
+
+
+async def test_a_restore_interrupted_by_a_stale_part_starts_over_and_lands_whole(tmp_path: Path) -> None:
+    """A part of an earlier leader's restore, committed late, resets the staged parts."""
+    backup_dir = tmp_path / "backup"
+    write_files(backup_dir, encoded(MANY), None)
+    stale = encode_command(
+        "restore_part",
+        rid="stale.0",
+        restore="stale",
+        part=0,
+        parts=2,
+        schedules=[codec.schedule_to_dict(SCHEDULES[0])],
+        last_fired={},
+    )
+    async with running_raft(raft_settings(tmp_path, free_ports(1)[0])) as raft:
+        await submit(raft, encode_command("hello", node=raft.settings.raft_address, level=3))
+        b = make_backups(raft, backup_dir, ManualClock())
+        b.restore_part_bytes = 300  # a part or two per schedule
+
+        async def intrude() -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while loop.time() < deadline:
+                if raft.read(lambda s: s.restoring is not None and s.restoring.next_part >= 2):
+                    await submit(raft, stale)
+                    return
+                await asyncio.sleep(0)
+
+        intruder = asyncio.create_task(intrude(), name="stale-part")
+        assert await b.restore_if_cold_start() == "restored"
+        await asyncio.wait_for(intruder, 5)
+        assert raft.read(lambda s: set(s.schedules)) == {s.id for s in MANY}
+        assert raft.read(lambda s: s.restoring) is None
+        codes = raft.read(lambda s: [r.code for r in s.recent.values()])
+        assert "interrupted" in codes  # the first attempt was cut short, the second landed
 
 
 async def test_with_a_member_of_an_earlier_release_the_restore_is_one_entry(tmp_path: Path) -> None:
