@@ -303,6 +303,20 @@ def _create(s: Schedule) -> bytes:
     return _cmd("create_schedule", schedule=codec.schedule_to_dict(s))
 
 
+def _first_part(restore: str) -> bytes:
+    """Part 0 of 2 of a restore in parts (one schedule)."""
+    schedules = [codec.schedule_to_dict(SCHEDULES[0])]
+    return encode_command(
+        "restore_part",
+        rid=f"{restore}.0",
+        restore=restore,
+        part=0,
+        parts=2,
+        schedules=schedules,
+        last_fired={},
+    )
+
+
 @pytest.mark.parametrize(
     ("commands", "cold"),
     [
@@ -318,20 +332,7 @@ def _create(s: Schedule) -> bytes:
             ],
             False,
         ),
-        (  # an earlier leader's restore left unfinished: the next leader restores again
-            [
-                encode_command(
-                    "restore_part",
-                    rid="r.0",
-                    restore="r",
-                    part=0,
-                    parts=2,
-                    schedules=[codec.schedule_to_dict(SCHEDULES[0])],
-                    last_fired={},
-                )
-            ],
-            True,
-        ),
+        ([_first_part("r")], True),  # an earlier leader's restore left unfinished: restore again
         (  # ... and one of its parts committed after another leader's restore began
             [
                 encode_command(
@@ -633,15 +634,7 @@ async def test_a_restore_interrupted_by_a_stale_part_starts_over_and_lands_whole
     """A part of an earlier leader's restore, committed late, resets the staged parts."""
     backup_dir = tmp_path / "backup"
     write_files(backup_dir, encoded(MANY), None)
-    stale = encode_command(
-        "restore_part",
-        rid="stale.0",
-        restore="stale",
-        part=0,
-        parts=2,
-        schedules=[codec.schedule_to_dict(SCHEDULES[0])],
-        last_fired={},
-    )
+    stale = _first_part("stale")
     async with running_raft(raft_settings(tmp_path, free_ports(1)[0])) as raft:
         await submit(raft, encode_command("hello", node=raft.settings.raft_address, level=3))
         b = make_backups(raft, backup_dir, ManualClock())
