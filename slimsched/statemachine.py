@@ -375,12 +375,17 @@ def _land(state: State, schedules: Iterable[Schedule], last_fired: dict[str, int
     return Result("ok", value={"Restored": n})
 
 
+def _restore_content(cmd: dict[str, Any]) -> tuple[list[Schedule], dict[str, int]]:
+    """The schedules and last fired ticks a ``restore`` or ``restore_part`` carries, decoded."""
+    schedules = [codec.schedule_from_dict(s) for s in cmd["schedules"]]
+    return schedules, {str(k): int(v) for k, v in cmd.get("last_fired", {}).items()}
+
+
 def _restore(state: State, cmd: dict[str, Any]) -> Result:
     """Load schedules from a backup, only into a state that holds none."""
     if state.schedules:
         return error("conflict", _NOT_EMPTY)
-    schedules = [codec.schedule_from_dict(s) for s in cmd["schedules"]]
-    last_fired = {str(k): int(v) for k, v in cmd.get("last_fired", {}).items()}
+    schedules, last_fired = _restore_content(cmd)
     state.restoring = None
     return _land(state, schedules, last_fired)
 
@@ -410,8 +415,7 @@ def _restore_part(state: State, cmd: dict[str, Any]) -> Result:
         return error(
             "interrupted", f"part {part} of restore {restore_id!r} does not follow the parts applied"
         )
-    schedules = [codec.schedule_from_dict(s) for s in cmd["schedules"]]
-    last_fired = {str(k): int(v) for k, v in cmd.get("last_fired", {}).items()}
+    schedules, last_fired = _restore_content(cmd)
     for sched in schedules:
         staged.schedules[sched.id] = sched
     staged.last_fired.update(last_fired)
@@ -435,11 +439,6 @@ def _hello(state: State, cmd: dict[str, Any]) -> Result:
 def applied_by_all(state: State, members: Iterable[str], kind: str) -> bool:
     """Every member announced a level that applies commands of type ``kind``."""
     return all(state.levels.get(m, 1) >= LEVEL_OF_TYPE.get(kind, 1) for m in members)
-
-
-def batch_allowed(state: State, members: Iterable[str]) -> bool:
-    """Every member announced a level that applies ``batch``."""
-    return applied_by_all(state, members, "batch")
 
 
 # How every batch entry begins (``encode_batch``): how its results are told from other entries'.

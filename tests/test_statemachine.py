@@ -418,14 +418,14 @@ def test_a_node_of_the_earlier_release_refuses_hello_and_batch_and_changes_nothi
 def test_batching_waits_for_every_member_to_announce_it() -> None:
     members = ("a:1", "b:1", "c:1")
     state = State()
-    assert not statemachine.batch_allowed(state, members)
+    assert not statemachine.applied_by_all(state, members, "batch")
     apply(state, encode_command("hello", node="a:1", level=2))
     apply(state, encode_command("hello", node="b:1", level=2))
-    assert not statemachine.batch_allowed(state, members)  # c has not said a word: maybe level 1
+    assert not statemachine.applied_by_all(state, members, "batch")  # c has not said a word: maybe level 1
     apply(state, encode_command("hello", node="c:1", level=1))
-    assert not statemachine.batch_allowed(state, members)
+    assert not statemachine.applied_by_all(state, members, "batch")
     apply(state, encode_command("hello", node="c:1", level=2))
-    assert statemachine.batch_allowed(state, members)
+    assert statemachine.applied_by_all(state, members, "batch")
     for bad in ({"node": "", "level": 2}, {"node": "d:1", "level": 0}, {"node": "d:1", "level": "2"}):
         assert apply(state, encode_command("hello", **bad)).code == "invalid"
     assert set(state.levels) == set(members)
