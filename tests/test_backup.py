@@ -28,6 +28,7 @@ from slimsched import backup as bk
 from slimsched import cli, codec, jobconfig
 from slimsched.access import AccessPolicy
 from slimsched.api import errors_middleware
+from slimsched.backup import fileformat
 from slimsched.cronplan import MAX_MISSED_RECORDED
 from slimsched.emulator import EmulatorThread
 from slimsched.jobmanifest import kube_job_name
@@ -78,7 +79,7 @@ def encoded(
 def resign(doc: dict[str, Any]) -> bytes:
     """Re-hash an edited document, as a consistent forger would: checks past the hashes must hold."""
     doc["payload_sha256"] = bk.sha256_hex(bk.encode_payload(doc["payload"]))
-    header = {k: doc[k] for k in bk._HEADER_FIELDS}
+    header = {k: doc[k] for k in fileformat.HEADER_FIELDS}
     doc["header_sha256"] = bk.sha256_hex(orjson.dumps(header, option=orjson.OPT_SORT_KEYS))
     return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS) + b"\n"
 
