@@ -123,9 +123,14 @@ def cronjob_job(cronjob: Mapping[str, Any]) -> DiscoveredJob | None:
             schedule=str(spec["schedule"]),
             time_zone=str(spec.get("timeZone") or "UTC"),
             concurrency_policy=ConcurrencyPolicy(spec.get("concurrencyPolicy", "Allow")),
-            starting_deadline_seconds=int(spec.get("startingDeadlineSeconds") or 60),
+            starting_deadline_seconds=_opt_deadline(spec.get("startingDeadlineSeconds")),
         )
     return DiscoveredJob(name=name, config=config, schedule=schedule)
+
+
+def _opt_deadline(value: Any) -> int | None:
+    """A CronJob's ``startingDeadlineSeconds``; absent means no deadline, as in Kubernetes."""
+    return None if value is None else int(value)
 
 
 def combine(base: JobsConfiguration, cronjobs: Iterable[Mapping[str, Any]]) -> JobsConfiguration:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from slimsched import cronplan
 from slimsched.model import (
     ConcurrencyPolicy,
     EnvVar,
@@ -244,8 +245,15 @@ def spec_from_dict(d: Json) -> JobSpec:
     )
 
 
+# A 6-field expression is stored with this marker: the earlier release read the sixth field as
+# seconds LAST and wrote no marker, so a stored 6-field expression without it (Raft log,
+# snapshot, backup file) is rewritten to the seconds-first form with the same meaning.
+CRON_SECONDS_KEY = "CronSeconds"
+CRON_SECONDS_FIRST = "first"
+
+
 def schedule_to_dict(s: Schedule) -> Json:
-    return {
+    d: Json = {
         "Id": s.id,
         "Name": s.job_name,
         "Schedule": s.cron,
@@ -257,6 +265,16 @@ def schedule_to_dict(s: Schedule) -> Json:
         "Source": s.source,
         "Overrides": overrides_to_dict(s.overrides),
     }
+    if cronplan.has_seconds(s.cron):
+        d[CRON_SECONDS_KEY] = CRON_SECONDS_FIRST
+    return d
+
+
+def _stored_cron(d: Json) -> str:
+    cron = _str(d["Schedule"])
+    if cronplan.has_seconds(cron) and d.get(CRON_SECONDS_KEY) != CRON_SECONDS_FIRST:
+        return cronplan.from_seconds_last(cron)
+    return cron
 
 
 def schedule_from_dict(d: Json) -> Schedule:
@@ -264,10 +282,10 @@ def schedule_from_dict(d: Json) -> Schedule:
         id=_str(d["Id"]),
         # Interned: 100,000 schedules share a few job names, zones and expressions (one copy each).
         job_name=sys.intern(_str(d["Name"])),
-        cron=sys.intern(_str(d["Schedule"])),
+        cron=sys.intern(_stored_cron(d)),
         time_zone=sys.intern(_str(d.get("TimeZone", "UTC"))),
         concurrency_policy=ConcurrencyPolicy(d.get("ConcurrencyPolicy", "Allow")),
-        starting_deadline_seconds=_int(d.get("StartingDeadlineSeconds", 60)),
+        starting_deadline_seconds=_opt_int(d.get("StartingDeadlineSeconds")),
         paused=_bool(d.get("Paused", False)),
         created_at_ms=_int(d.get("CreatedAt", 0)),
         source=sys.intern(_str(d.get("Source", "api"))),

@@ -1,7 +1,11 @@
 """Cron planning: validate expressions and work out which ticks are due. Pure: time is a parameter.
 
-Expressions are croniter's: 5 fields, or 6 with seconds as the LAST field (``* * * * * */10``),
-names (JAN, MON), ranges, steps, lists and ``@hourly``-style macros. Ticks are whole epoch
+Expressions are croniter's: 5 fields as SlimFaas and a Kubernetes CronJob read them, or 6 with
+seconds FIRST as Quartz, Spring, Cronos, Hangfire and Dkron read them (``*/10 * * * * *`` every
+10 s, ``0 0 * * * *`` hourly; croniter's ``second_at_beginning``), names (JAN, MON), ranges,
+steps, lists and ``@hourly``-style macros. An earlier release read the sixth field as seconds
+LAST; ``from_seconds_last`` rewrites such an expression for stored state written by it (the
+codec calls it when a stored schedule lacks the seconds-first marker). Ticks are whole epoch
 seconds. Each schedule has an IANA time zone; fire times are computed on the zone's wall clock
 (croniter over a zone-aware datetime), so ``0 2 * * *`` in Europe/Paris is 02:00 local time in
 both winter and summer. DST rule (Vixie cron's): a wall time skipped by a spring-forward
@@ -44,13 +48,35 @@ def validate(expr: str, time_zone: str = "UTC") -> None:
             raise BadRequest(
                 "invalid_cron",
                 f"Schedule {expr!r} has {len(fields)} fields; expected 5 (minute hour day month weekday) "
-                "or 6 (with seconds last)",
+                "or 6 (second minute hour day month weekday)",
             )
     try:
-        croniter(stripped, datetime(2000, 1, 1, tzinfo=UTC))
+        _iter(stripped, datetime(2000, 1, 1, tzinfo=UTC))
         next_fire(stripped, time_zone, 946684800)
     except (CroniterError, ValueError, KeyError) as e:
         raise BadRequest("invalid_cron", f"Schedule {expr!r} is not a valid cron expression: {e}") from e
+
+
+def has_seconds(expr: str) -> bool:
+    """Whether ``expr`` has a seconds field (6 fields)."""
+    return len(expr.split()) == 6
+
+
+def from_seconds_last(expr: str) -> str:
+    """The seconds-first form of an expression the earlier release read with seconds LAST.
+
+    ``* * * * * */10`` (every 10 s, read seconds-last) becomes ``*/10 * * * * *``; a 5-field
+    expression or a macro is the same in both readings and comes back unchanged.
+    """
+    fields = expr.split()
+    if len(fields) != 6:
+        return expr
+    return " ".join([fields[5], *fields[:5]])
+
+
+def _iter(expr: str, start: datetime) -> croniter:
+    # second_at_beginning only matters for 6 fields: 5-field expressions and macros read the same.
+    return croniter(expr, start, second_at_beginning=True)
 
 
 @lru_cache(maxsize=1024)
@@ -60,7 +86,8 @@ def _fixed_hour(expr: str) -> bool:
     if stripped.startswith("@"):
         return stripped != "@hourly"
     fields = stripped.split()
-    return len(fields) >= 2 and "*" not in fields[1] and "/" not in fields[1]
+    hours = fields[2] if len(fields) == 6 else fields[1] if len(fields) >= 2 else "*"
+    return "*" not in hours and "/" not in hours
 
 
 def _repeated_wall_time(expr: str, tick: int, tz: ZoneInfo) -> bool:
@@ -73,7 +100,7 @@ def next_fire(expr: str, time_zone: str, after: int) -> int:
     """The first tick strictly after ``after`` (epoch seconds)."""
     tz = zone(time_zone)
     try:
-        it = croniter(expr.strip(), datetime.fromtimestamp(after, tz=tz))
+        it = _iter(expr.strip(), datetime.fromtimestamp(after, tz=tz))
         for _ in range(8):  # at most a few repeated instants in a row
             tick = int(it.get_next(datetime).timestamp())
             if not _repeated_wall_time(expr, tick, tz):
@@ -101,13 +128,15 @@ def plan(
     last_handled: int | None,
     created_at: int,
     now: int,
-    starting_deadline_seconds: int,
+    starting_deadline_seconds: int | None = None,
 ) -> TickPlan:
-    """Decide the tick to fire now, following StartingDeadlineSeconds.
+    """Decide the tick to fire now, following StartingDeadlineSeconds when there is one.
 
-    Ticks in ``(last_handled, now]`` are due. The most recent one fires if it is no older than
-    the deadline; every other one is missed (at most ``MAX_MISSED_RECORDED`` are listed, the
-    newest ones, so a long outage is reported without a storm of records).
+    Ticks in ``(last_handled, now]`` are due. The most recent one fires once whatever its age,
+    as in SlimFaas and a Kubernetes CronJob without ``startingDeadlineSeconds``; with a deadline
+    (opt-in) it fires only if it is no older than the deadline. Every other one is missed (at
+    most ``MAX_MISSED_RECORDED`` are listed, the newest ones, so a long outage is reported
+    without a storm of records).
     """
     cursor = last_handled if last_handled is not None else created_at
     first = next_fire(expr, time_zone, cursor)  # cached: schedules often share (expr, cursor)
@@ -116,11 +145,11 @@ def plan(
     second = next_fire(expr, time_zone, first)
     if second > now:
         # One tick pending (every tick but after an outage): no walk back, cached answers only.
-        if now - first <= starting_deadline_seconds:
+        if _in_deadline(now, first, starting_deadline_seconds):
             return TickPlan(due=first, missed=(), next_tick=second)
         return TickPlan(due=None, missed=(first,), next_tick=second)
     newest_first: list[int] = []
-    it = croniter(expr.strip(), datetime.fromtimestamp(now + 1, tz=zone(time_zone)))
+    it = _iter(expr.strip(), datetime.fromtimestamp(now + 1, tz=zone(time_zone)))
     # Walk back from now: bounded by the number of ticks we list, however long the outage was.
     while len(newest_first) <= MAX_MISSED_RECORDED:
         try:
@@ -136,6 +165,10 @@ def plan(
     if not pending:
         return TickPlan(due=None, missed=(), next_tick=next_tick)
     latest = pending[-1]
-    if now - latest <= starting_deadline_seconds:
+    if _in_deadline(now, latest, starting_deadline_seconds):
         return TickPlan(due=latest, missed=tuple(pending[:-1]), next_tick=next_tick)
     return TickPlan(due=None, missed=tuple(pending), next_tick=next_tick)
+
+
+def _in_deadline(now: int, tick: int, deadline: int | None) -> bool:
+    return deadline is None or now - tick <= deadline

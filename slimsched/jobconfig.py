@@ -107,7 +107,7 @@ class ScheduleRequest:
     schedule: str
     time_zone: str = "UTC"
     concurrency_policy: ConcurrencyPolicy = ConcurrencyPolicy.ALLOW
-    starting_deadline_seconds: int = 60
+    starting_deadline_seconds: int | None = None
     paused: bool = False
     overrides: JobOverrides = field(default_factory=JobOverrides)
 
@@ -676,9 +676,7 @@ def _schedule_request(body: object, where: str) -> ScheduleRequest:
         schedule=schedule,
         time_zone=_or(r.get("TimeZone", _str), "UTC"),
         concurrency_policy=_or(r.choice("ConcurrencyPolicy", ConcurrencyPolicy), ConcurrencyPolicy.ALLOW),
-        starting_deadline_seconds=_or(
-            r.integer("StartingDeadlineSeconds", minimum=0, maximum=_INT64_MAX), 60
-        ),
+        starting_deadline_seconds=r.integer("StartingDeadlineSeconds", minimum=0, maximum=_INT64_MAX),
         paused=_or(r.get("Paused", _bool), False),
         overrides=_overrides(fields, where),
     )

@@ -193,7 +193,7 @@ class Schedule:
     overrides: JobOverrides = field(default_factory=JobOverrides)
     time_zone: str = "UTC"
     concurrency_policy: ConcurrencyPolicy = ConcurrencyPolicy.ALLOW
-    starting_deadline_seconds: int = 60
+    starting_deadline_seconds: int | None = None  # None: the newest missed tick fires whatever its age
     paused: bool = False
     created_at_ms: int = 0
     source: str = "api"

@@ -37,11 +37,13 @@ async def test_time_zone_and_seconds_field(api: ApiHarness) -> None:
         "POST", SCHEDULES, {"Schedule": "0 9 * * *", "TimeZone": "Europe/Paris", "Args": []}
     )
     assert status == 201, body
-    status, body = await api.call("POST", SCHEDULES, {"Schedule": "* * * * * */10"})
-    assert status == 201, body
+    for expr in ("*/10 * * * * *", "0 0 * * * *"):  # six fields: seconds first (Quartz, Cronos)
+        status, body = await api.call("POST", SCHEDULES, {"Schedule": expr})
+        assert status == 201, body
     listed = {s["Schedule"]: s for s in (await api.call("GET", SCHEDULES))[1]}
     assert listed["0 9 * * *"]["NextFireTime"] == "2023-11-15T08:00:00Z"  # 09:00 in Paris, winter time
-    assert listed["* * * * * */10"]["NextFireTime"] == "2023-11-14T22:13:30Z"
+    assert listed["*/10 * * * * *"]["NextFireTime"] == "2023-11-14T22:13:30Z"
+    assert listed["0 0 * * * *"]["NextFireTime"] == "2023-11-14T23:00:00Z"  # hourly
 
 
 async def test_trigger_is_queued_with_positions(api: ApiHarness) -> None:

@@ -1,0 +1,112 @@
+"""SlimFaas compatibility: cron expressions and missed ticks (pure; time is a parameter).
+
+Each case names the SlimFaas file (SlimPlanet/SlimFaas) or the convention it comes from.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+
+from slimsched import backup as bk
+from slimsched import codec, cronplan
+from slimsched.model import Schedule
+from slimsched.statemachine import State, apply, encode_command
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def ts(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=ZoneInfo("UTC")).timestamp())
+
+
+# tests/SlimFaas.Tests/Jobs/CronTests.cs and CronNextExecutionTests.cs: 5-field expressions,
+# "0/2" read as "*/2" (Cron.cs treats a "0" range start of a step as "*"), day-of-month OR
+# day-of-week when both are restricted (Cron.cs's dayMatch).
+@pytest.mark.parametrize(
+    ("expr", "after", "expected"),
+    [
+        ("*/5 * * * *", "2024-01-01T12:01:30", "2024-01-01T12:05:00"),
+        ("0/2 * * * *", "2024-01-01T12:01:30", "2024-01-01T12:02:00"),  # demo/deployment-cron.yaml
+        ("0 0 * * *", "2024-01-01T12:00:00", "2024-01-02T00:00:00"),  # docs/jobs.md
+        ("0 0 * * 0", "2024-01-01T12:00:00", "2024-01-07T00:00:00"),  # docs/jobs.md: Sunday
+        ("0 0 15 * 1", "2024-01-02T00:00:00", "2024-01-08T00:00:00"),  # dom OR dow
+        ("0 */2 * * *", "2024-01-01T12:30:00", "2024-01-01T14:00:00"),  # JobStatusEndpointTests.cs
+    ],
+)
+def test_five_fields_as_slimfaas(expr: str, after: str, expected: str) -> None:
+    assert cronplan.next_fire(expr, "UTC", ts(after)) == ts(expected)
+
+
+# Six fields: seconds FIRST, as Quartz, Spring, Cronos (the .NET library), Hangfire and Dkron.
+@pytest.mark.parametrize(
+    ("expr", "after", "expected"),
+    [
+        ("*/10 * * * * *", "2024-01-01T12:00:05", "2024-01-01T12:00:10"),
+        ("0 0 * * * *", "2024-01-01T00:00:00", "2024-01-01T01:00:00"),  # hourly, not 60 ticks at 00:00
+        ("0 30 9 * * MON-FRI", "2024-01-06T00:00:00", "2024-01-08T09:30:00"),
+    ],
+)
+def test_six_fields_seconds_first(expr: str, after: str, expected: str) -> None:
+    assert cronplan.next_fire(expr, "UTC", ts(after)) == ts(expected)
+
+
+def test_from_seconds_last_keeps_the_meaning() -> None:
+    assert cronplan.from_seconds_last("* * * * * */10") == "*/10 * * * * *"
+    assert cronplan.from_seconds_last("0 * * * * 30") == "30 0 * * * *"
+    assert cronplan.from_seconds_last("0 0 * * *") == "0 0 * * *"
+    assert cronplan.from_seconds_last("@hourly") == "@hourly"
+
+
+def test_stored_schedules_of_the_earlier_release_keep_their_meaning() -> None:
+    """A 6-field schedule stored without the seconds-first marker was written seconds-LAST."""
+    legacy = {"Id": "s1", "Name": "ticker", "Schedule": "* * * * * */10", "StartingDeadlineSeconds": 60}
+    s = codec.schedule_from_dict(legacy)
+    assert s.cron == "*/10 * * * * *"
+    assert cronplan.next_fire(s.cron, "UTC", ts("2024-01-01T00:00:01")) == ts("2024-01-01T00:00:10")
+    stored = codec.schedule_to_dict(s)
+    assert stored[codec.CRON_SECONDS_KEY] == codec.CRON_SECONDS_FIRST
+    assert codec.schedule_from_dict(stored) == s, "the new form reads back as written"
+    five = codec.schedule_to_dict(Schedule(id="s2", job_name="x", cron="0 0 * * *"))
+    assert codec.CRON_SECONDS_KEY not in five, "5-field schedules encode as before"
+
+
+def test_the_earlier_releases_backup_restores_with_the_same_meaning() -> None:
+    """backup/example-schedule-jobs-backup.json was written by the seconds-last release."""
+    raw = (REPO / "backup" / "example-schedule-jobs-backup.json").read_bytes()
+    assert b'"* * * * * */10"' in raw
+    state = State()
+    result = apply(state, bk.restore_command(bk.verify_backup(raw), rid="r1"))
+    assert result.ok, result
+    crons = {s.job_name: s.cron for s in state.schedules.values()}
+    assert crons["ticker"] == "*/10 * * * * *"
+
+
+def test_a_raft_log_entry_of_the_earlier_release_replays_with_the_same_meaning() -> None:
+    state = State()
+    entry = {"Id": "s1", "Name": "ticker", "Schedule": "0 * * * * 30", "StartingDeadlineSeconds": 60}
+    assert apply(state, encode_command("create_schedule", rid="r", schedule=entry)).ok
+    assert state.schedules["s1"].cron == "30 0 * * * *"  # at second 30 of minute 0 of every hour
+    assert (
+        orjson.loads(orjson.dumps(codec.schedule_to_dict(state.schedules["s1"])))["Schedule"]
+        == "30 0 * * * *"
+    )
+
+
+# Missed ticks: SlimSchedulejobsWorker.cs fires the newest tick (Cron.GetLatestJobExecutionTimestamp)
+# once if it is newer than the stored one, whatever its age; a Kubernetes CronJob without
+# startingDeadlineSeconds does the same.
+def test_after_a_day_down_the_newest_missed_tick_fires_once() -> None:
+    last = ts("2024-01-01T00:00:00")
+    now = ts("2024-01-02T00:00:30")
+    plan = cronplan.plan("0 * * * *", "UTC", last_handled=last, created_at=0, now=now)
+    assert plan.due == ts("2024-01-02T00:00:00")
+    assert len(plan.missed) == cronplan.MAX_MISSED_RECORDED and plan.due not in plan.missed
+    opt_in = cronplan.plan(
+        "0 * * * *", "UTC", last_handled=last, created_at=0, now=now + 120, starting_deadline_seconds=60
+    )
+    assert opt_in.due is None and opt_in.missed[-1] == ts("2024-01-02T00:00:00")
