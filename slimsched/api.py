@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from slimsched import codec, cronplan, ids, jobconfig
+from slimsched import actions, codec, cronplan, ids, jobconfig
 from slimsched.access import AccessPolicy
 from slimsched.errors import ApiError, BadRequest, Conflict, Forbidden, KubeError, NotFound, Unavailable
 from slimsched.jobmanifest import kube_job_name, run_selector
@@ -280,6 +280,133 @@ async def schedule_ticks(request: web.Request) -> web.Response:
     return _json(ticks)
 
 
+# -- schedule actions: trigger now, backfill, next fire times (slimsched.actions) ---------------
+
+
+def _schedule_of(state: State, name: str, schedule_id: str) -> Schedule:
+    s = state.schedules.get(schedule_id)
+    if s is None or s.job_name != name:
+        raise NotFound("not_found", f"no schedule {schedule_id} for job {name}")
+    return s
+
+
+def _require_level(ctx: ApiContext, kind: str) -> None:
+    if not ctx.raft.applied_by_all(kind):
+        raise Unavailable(
+            "upgrade_in_progress", f"not every node runs a release that applies {kind} yet; retry later", 5
+        )
+
+
+async def trigger_schedule(request: web.Request) -> web.Response:
+    """One run of the schedule now, with its overrides; ``RequestId`` makes a retry safe."""
+    ctx, name = await _visible_job(request)
+    schedule_id = _id(request)
+    request_id = actions.parse_trigger(await _body(request, empty_ok=True)) or ctx.new_id()
+    _require_level(ctx, "trigger_schedule")
+    s = ctx.raft.read(lambda st: _schedule_of(st, name, schedule_id))
+    spec = jobconfig.merge(ctx.jobs.job(name), s.overrides)
+    at = ctx.now_ms()
+    run_id = actions.manual_run_id(s.id, request_id)
+    run = Run(
+        id=run_id,
+        job_name=name,
+        spec=spec,
+        status=RunStatus.QUEUED,
+        queued_at_ms=at,
+        kube_name=kube_job_name(name, run_id),
+        schedule_id=s.id,
+    )
+    result = _raise_for(
+        await ctx.raft.submit(
+            encode_command(
+                "trigger_schedule",
+                rid=ctx.new_id(),  # the run id, derived from RequestId, dedups a client retry
+                job_name=name,
+                schedule_id=s.id,
+                at=at,
+                run=codec.run_to_dict(run),
+            )
+        )
+    )
+    value = result.value or {}
+    return _json({"Id": value.get("RunId"), "Duplicate": bool(value.get("Duplicate"))}, 202)
+
+
+async def backfill_schedule(request: web.Request) -> web.Response:
+    """Fire each tick of ``[Start, End]`` once (at most ``MAX_BACKFILL_TICKS``), under a policy."""
+    ctx, name = await _visible_job(request)
+    schedule_id = _id(request)
+    req = actions.parse_backfill(await _body(request, empty_ok=False), int(ctx.clock()))
+    _require_level(ctx, "backfill")
+    s = ctx.raft.read(lambda st: _schedule_of(st, name, schedule_id))
+    ticks = actions.ticks_between(s.cron, s.time_zone, req.start, req.end)
+    spec = jobconfig.merge(ctx.jobs.job(name), s.overrides)
+    rid = f"backfill/{s.id}/{req.request_id or ctx.new_id()}"
+    result = _raise_for(
+        await ctx.raft.submit(
+            encode_command(
+                "backfill",
+                rid=rid,
+                job_name=name,
+                schedule_id=s.id,
+                at=ctx.now_ms(),
+                policy=(req.policy or s.concurrency_policy).value,
+                spec=codec.spec_to_dict(spec),
+                ticks=[[t, kube_job_name(name, f"{s.id}-{t}")] for t in ticks],
+            )
+        )
+    )
+    value = result.value or {}
+
+    def listed(key: str, with_run: bool = False) -> list[dict[str, Any]]:
+        return [
+            {"Tick": t, "TickTime": _iso(t), **({"RunId": f"{s.id}-{t}"} if with_run else {})}
+            for t in value.get(key, [])
+        ]
+
+    return _json(
+        {
+            "Fired": listed("Fired", with_run=True),
+            "Skipped": listed("Skipped"),
+            "AlreadyFired": listed("AlreadyFired"),
+            "NotYetHandled": listed("NotYetHandled"),
+        },
+        202,
+    )
+
+
+async def schedule_next(request: web.Request) -> web.Response:
+    """The next ``?count`` fire times of a stored schedule (none while it is paused)."""
+    ctx, name = await _visible_job(request)
+    schedule_id = _id(request)
+    count = actions.parse_count(request.query.get("count"))
+    s, last = ctx.raft.read(lambda st: (_schedule_of(st, name, schedule_id), st.last_fired.get(schedule_id)))
+    after = max(int(ctx.clock()), last or 0)
+    ticks = [] if s.paused else actions.next_fires(s.cron, s.time_zone, after, count)
+    return _json(
+        {
+            "Id": s.id,
+            "Schedule": s.cron,
+            "TimeZone": s.time_zone,
+            "Paused": s.paused,
+            "NextFireTimes": [actions.iso(t) for t in ticks],
+        }
+    )
+
+
+async def schedule_preview(request: web.Request) -> web.Response:
+    """The next ``?count`` fire times of an expression and time zone, before a schedule exists."""
+    ctx = request.app[CTX]
+    expr = request.query.get("schedule")
+    if expr is None:
+        raise BadRequest("invalid_query", "?schedule (a cron expression) is required")
+    time_zone = request.query.get("timeZone", "UTC")
+    count = actions.parse_count(request.query.get("count"))
+    cronplan.validate(expr, time_zone)
+    ticks = actions.next_fires(expr, time_zone, int(ctx.clock()), count)
+    return _json({"Schedule": expr, "TimeZone": time_zone, "NextFireTimes": [actions.iso(t) for t in ticks]})
+
+
 # -- runs ----------------------------------------------------------------------------------------
 
 
@@ -457,6 +584,10 @@ ROUTES: tuple[Route, ...] = (
     ("DELETE", "/job-schedules/{name}/{id}", delete_schedule),
     ("PATCH", "/job-schedules/{name}/{id}", patch_schedule),
     ("GET", "/job-schedules/{name}/{id}/ticks", schedule_ticks),
+    ("POST", "/job-schedules/{name}/{id}/trigger", trigger_schedule),
+    ("POST", "/job-schedules/{name}/{id}/backfill", backfill_schedule),
+    ("GET", "/job-schedules/{name}/{id}/next", schedule_next),
+    ("GET", "/schedule-preview", schedule_preview),
     ("POST", "/job/{name}", post_job),
     ("GET", "/job/{name}", list_jobs),
     ("DELETE", "/job/{name}/{id}", delete_job),

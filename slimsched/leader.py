@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 _SCHEDULE_COMMANDS = frozenset(
     {"create_schedule", "delete_schedule", "set_paused", "restore", "restore_part"}
 )
-_RUN_COMMANDS = frozenset({"enqueue_run", "fire_tick", "run_status", "cancel_run", "start_dispatch"})
+_RUN_COMMANDS = frozenset(
+    {"enqueue_run", "fire_tick", "run_status", "cancel_run", "start_dispatch", "trigger_schedule", "backfill"}
+)
 STOP_DEADLINE_SECONDS = 5.0
 REFRESH_CHUNK = 2000
 DISPATCH_BATCH = 256  # queued runs a dispatch pass reads per job, beyond those in flight

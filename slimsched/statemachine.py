@@ -13,6 +13,7 @@ a shallow copy of the top-level maps, whose values are frozen dataclasses.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -21,20 +22,24 @@ from typing import Any
 import orjson
 
 from slimsched import codec
-from slimsched.model import Run, RunStatus, Schedule, TickOutcome, TickRecord
+from slimsched.model import ConcurrencyPolicy, Run, RunStatus, Schedule, TickOutcome, TickRecord
 
 COMMAND_VERSION = 1
 SNAPSHOT_VERSION = 1
 # Which command types a node applies. A release that adds a type raises it; a node records its
 # level with a ``hello`` and the leader proposes the new types only once every member has
 # announced it, since a node of an earlier release would answer them "unknown" and diverge.
-# Level 2 added ``hello`` and ``batch``; level 3 ``restore_part``.
-COMMAND_LEVEL = 3
-LEVEL_OF_TYPE = {"hello": 2, "batch": 2, "restore_part": 3}
+# Level 2 added ``hello`` and ``batch``; level 3 ``restore_part``; level 4 ``trigger_schedule`` and
+# ``backfill``.
+COMMAND_LEVEL = 4
+LEVEL_OF_TYPE = {"hello": 2, "batch": 2, "restore_part": 3, "trigger_schedule": 4, "backfill": 4}
 MAX_BATCH_COMMANDS = 1024
 RECENT_REQUESTS = 20_000
 LEDGER_PER_SCHEDULE = 100
 FINISHED_RUNS_PER_JOB = 200
+MAX_BACKFILL_TICKS = 1000  # ticks one ``backfill`` may carry: bounds its entry and its apply time
+MANUAL_REASON = "manual"  # the ledger reason of a run started by ``trigger_schedule``
+BACKFILL_REASON = "backfill"  # the ledger reason of a tick fired by ``backfill``
 
 # Test only, set at node start from SLIMSCHED_TEST_BREAK_FIRE_DEDUP: skip the FireTick duplicate
 # check (a repeated tick is accepted again), so that ``slimsched chaos`` can prove its checker fails.
@@ -314,6 +319,123 @@ def _fire_tick(state: State, cmd: dict[str, Any]) -> Result:
     return Result("ok", value={"RunId": run_id, "Outcome": outcome.value})
 
 
+def _trigger_schedule(state: State, cmd: dict[str, Any]) -> Result:
+    """Start one run of a schedule now, outside its cron ticks ("trigger now").
+
+    The run id is derived by the proposer from the request id, so a retry of the same request,
+    even after the request-id window, finds its run and answers it again instead of a second run.
+    The schedule's last fired tick does not move: a manual run is not a cron tick. The ledger
+    records it as fired with reason "manual" at the trigger's second.
+    """
+    found = _find_schedule(state, cmd)
+    if isinstance(found, Result):
+        return found
+    at = cmd["at"]
+    if not isinstance(at, int):
+        return error("invalid", "at must be an integer")
+    run = codec.run_from_dict(cmd["run"])
+    if run.job_name != found.job_name or run.schedule_id != found.id:
+        return error("invalid", "a triggered run must belong to the schedule's job and name the schedule")
+    if run.status is not RunStatus.QUEUED or run.tick is not None:
+        return error("invalid", "a triggered run must be Queued and carry no cron tick")
+    if run.id in state.runs:
+        return Result("ok", value={"RunId": run.id, "Duplicate": True})
+    _add_run(state, run)
+    _record_tick(
+        state,
+        found.id,
+        TickRecord(at // 1000, TickOutcome.FIRED, at, run_id=run.id, lateness_ms=0, reason=MANUAL_REASON),
+    )
+    return Result("ok", value={"RunId": run.id, "Duplicate": False})
+
+
+def _backfill(state: State, cmd: dict[str, Any]) -> Result:
+    """Fire the ticks of a past time range, each at most once, under a concurrency policy.
+
+    The proposer lists the ticks (cron planning is not done in ``apply``) with their Job names;
+    each run's id is the one a cron FireTick gives that tick (``{schedule}-{tick}``), so a tick
+    fired by cron or by an earlier backfill whose run or fired ledger record is still held is not
+    fired again. Ticks later than the schedule's last handled tick (its creation time if it never
+    fired) are left to the cron loop, which owns them (``NotYetHandled``), so a backfilled run
+    never collides with a FireTick to come. Policies: Allow fires every tick; Forbid fires only
+    the first, and none while a run of the schedule is queued or active; Replace cancels the
+    schedule's active runs and fires only the last. Ticks not fired are recorded as skipped.
+    """
+    found = _find_schedule(state, cmd)
+    if isinstance(found, Result):
+        return found
+    at, ticks = cmd["at"], cmd["ticks"]
+    if not isinstance(at, int) or not isinstance(ticks, list):
+        return error("invalid", "at must be an integer and ticks a list")
+    if len(ticks) > MAX_BACKFILL_TICKS:
+        return error("invalid", f"a backfill holds at most {MAX_BACKFILL_TICKS} ticks")
+    if not all(
+        isinstance(p, list) and len(p) == 2 and type(p[0]) is int and isinstance(p[1], str) for p in ticks
+    ):
+        return error("invalid", "each backfill tick must be [tick, Job name]")
+    pairs: list[tuple[int, str]] = [(p[0], p[1]) for p in ticks]
+    if any(a[0] >= b[0] for a, b in itertools.pairwise(pairs)):
+        return error("invalid", "backfill ticks must be in increasing order")
+    policy = ConcurrencyPolicy(cmd["policy"])
+    spec = codec.spec_from_dict(cmd["spec"])
+    handled = state.last_fired.get(found.id, found.created_at_ms // 1000)
+    fired_before = {
+        t.tick
+        for t in state.ledger.get(found.id, ())
+        if t.outcome is TickOutcome.FIRED and t.reason != MANUAL_REASON
+    }
+    pending = [t for t, _ in pairs if t > handled]
+    already = [t for t, _ in pairs if t <= handled and (f"{found.id}-{t}" in state.runs or t in fired_before)]
+    done = set(already)
+    candidates = [(t, k) for t, k in pairs if t <= handled and t not in done]
+    active = [r for r in state.runs_of(found.job_name) if r.schedule_id == found.id and not r.status.terminal]
+    skip_reason = ""
+    if policy is ConcurrencyPolicy.FORBID:
+        fire = [] if active else candidates[:1]
+        skip_reason = "Forbid: a run of the schedule is queued or active"
+    elif policy is ConcurrencyPolicy.REPLACE:
+        fire = candidates[-1:]
+        skip_reason = "Replace: superseded by a later backfilled tick"
+    else:
+        fire = candidates
+    firing = {t for t, _ in fire}
+    if policy is ConcurrencyPolicy.REPLACE and fire:
+        for r in active:
+            _put_run(state, replace(r, status=RunStatus.CANCELED, finished_at_ms=at, reason="Replaced"))
+    for t, kube_name in candidates:
+        if t in firing:
+            run = Run(
+                id=f"{found.id}-{t}",
+                job_name=found.job_name,
+                spec=spec,
+                status=RunStatus.QUEUED,
+                queued_at_ms=at,
+                kube_name=kube_name,
+                schedule_id=found.id,
+                tick=t,
+            )
+            _put_run(state, run)
+            _record_tick(
+                state, found.id, TickRecord(t, TickOutcome.FIRED, at, run_id=run.id, reason=BACKFILL_REASON)
+            )
+        else:
+            _record_tick(
+                state,
+                found.id,
+                TickRecord(t, TickOutcome.SKIPPED, at, reason=f"{BACKFILL_REASON}: {skip_reason}"),
+            )
+    _prune_finished(state, found.job_name)
+    return Result(
+        "ok",
+        value={
+            "Fired": sorted(firing),
+            "Skipped": [t for t, _ in candidates if t not in firing],
+            "AlreadyFired": already,
+            "NotYetHandled": pending,
+        },
+    )
+
+
 def _start_dispatch(state: State, cmd: dict[str, Any]) -> Result:
     run = state.runs.get(str(cmd["run_id"]))
     if run is None:
@@ -473,6 +595,8 @@ HANDLERS: dict[str, Handler] = {
     "restore": _restore,
     "restore_part": _restore_part,
     "hello": _hello,
+    "trigger_schedule": _trigger_schedule,
+    "backfill": _backfill,
 }
 
 

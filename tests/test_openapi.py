@@ -42,7 +42,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from slimsched import api, backup, jobconfig
+from slimsched import api, backup, jobconfig, statemachine
 from slimsched.access import AccessPolicy
 from slimsched.codec import run_to_dict
 from slimsched.jobmanifest import kube_job_name
@@ -246,6 +246,8 @@ async def _seed(url: str, raft: RaftNode, clock: ManualClock) -> Seeded:
         result = await raft.submit(encode_command(kind, rid=uuid.uuid4().hex, **fields))
         assert result.ok, result
 
+    # The node announces its command level, as a node does at start: schedule actions need it.
+    await commit("hello", node=raft.settings.raft_address, level=statemachine.COMMAND_LEVEL)
     now_ms = int(clock() * 1000)
     # Runs the leader dispatched, that Kubernetes reports running and succeeded.
     for i, (run, status) in enumerate([(running, "Running"), (finished, "Succeeded")]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -105,6 +106,32 @@ well_formed = st.one_of(
     ),
     st.builds(lambda i, t: _cmd("start_dispatch", None, run_id=i, term=1, index=t), ids, times),
     st.builds(lambda r: _cmd("barrier", r), rids),
+    st.builds(
+        lambda j, i, run, r: _cmd(
+            "trigger_schedule", r, job_name=j, schedule_id=i, at=5, run=codec.run_to_dict(run)
+        ),
+        jobs,
+        ids,
+        runs.map(lambda run: replace(run, schedule_id="a")),
+        rids,
+    ),
+    st.builds(
+        lambda j, i, ticks, policy, r: _cmd(
+            "backfill",
+            r,
+            job_name=j,
+            schedule_id=i,
+            at=7,
+            policy=policy,
+            spec=codec.spec_to_dict(JobSpec(image="img:1")),
+            ticks=[[t, f"k{t}"] for t in sorted(ticks)],
+        ),
+        jobs,
+        ids,
+        st.sets(st.integers(0, 100), max_size=4),
+        st.sampled_from(["Allow", "Forbid", "Replace"]),
+        rids,
+    ),
 )
 
 json_values = st.recursive(
