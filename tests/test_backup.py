@@ -466,7 +466,7 @@ async def test_unchanged_state_leaves_bytes_and_mtime_alone_across_intervals_and
 async def test_an_empty_state_never_overwrites_a_non_empty_or_unreadable_backup(tmp_path: Path) -> None:
     backup_dir = tmp_path / "backup"
     path = backup_dir / bk.FILE_NAME
-    bk.write_backup(str(backup_dir), GOOD, rotate=False, set_aside_corrupt=False)
+    write_files(backup_dir, GOOD, None)
     before = file_state(path)
     async with running_raft(raft_settings(tmp_path, free_ports(1)[0])) as raft:
         b = make_backups(raft, backup_dir, ManualClock())

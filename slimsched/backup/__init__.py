@@ -35,10 +35,16 @@ restore; ``cli`` the ``slimsched backup`` commands. The names below are the pack
 from slimsched.backup.admin import ADMIN_RESTORE_PATH, MAX_RESTORE_BODY_BYTES, admin_routes
 from slimsched.backup.cli import cli_restore, cli_verify
 from slimsched.backup.disk import (
+    NoSpace,
+    Written,
+    damaged_name,
     load_disk_state,
     read_candidates,
     read_optional,
+    recheck,
     remove_stale_temporaries,
+    set_aside_damaged,
+    signature,
     write_backup,
 )
 from slimsched.backup.fileformat import (
@@ -98,14 +104,17 @@ __all__ = [
     "Decision",
     "DiskState",
     "EncodedBackup",
+    "NoSpace",
     "Payload",
     "PayloadEncoder",
     "Refused",
+    "Written",
     "admin_routes",
     "check_integrity",
     "choose_backup",
     "cli_restore",
     "cli_verify",
+    "damaged_name",
     "decide_write",
     "encode_backup",
     "encode_payload",
@@ -116,10 +125,13 @@ __all__ = [
     "payload_of",
     "read_candidates",
     "read_optional",
+    "recheck",
     "remove_stale_temporaries",
     "restore_command",
     "restore_parts",
+    "set_aside_damaged",
     "sha256_hex",
+    "signature",
     "verify_backup",
     "write_backup",
 ]

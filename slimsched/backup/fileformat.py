@@ -6,7 +6,7 @@ The format is described in slimsched/backup/__init__.py and specified by backup/
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -57,11 +57,33 @@ def encode_payload(payload: Mapping[str, Any]) -> bytes:
 
 @dataclass(frozen=True)
 class Payload:
-    """The canonical encoding of the payload, its SHA-256 and how many schedules it holds."""
+    """The canonical encoding of the payload as pieces, their SHA-256 and how many schedules it holds.
 
-    data: bytes
+    The pieces are the per-schedule encodings the encoder keeps anyway, so a payload costs a
+    list of references, not a second copy of the file; ``chunks`` streams them to disk.
+    """
+
+    pieces: tuple[bytes, ...]
     sha256: str
     count: int
+    size: int
+
+    def chunks(self) -> Iterator[bytes]:
+        return iter(self.pieces)
+
+    @property
+    def data(self) -> bytes:
+        """The whole encoding in one buffer (for tests and small payloads; writers stream)."""
+        return b"".join(self.pieces)
+
+
+def _payload_from_pieces(pieces: list[bytes], count: int) -> Payload:
+    digest = hashlib.sha256()
+    size = 0
+    for piece in pieces:
+        digest.update(piece)
+        size += len(piece)
+    return Payload(tuple(pieces), digest.hexdigest(), count, size)
 
 
 class PayloadEncoder:
@@ -97,10 +119,13 @@ class PayloadEncoder:
             order = self._order
         self._cache, self._order = current, order
         fired = orjson.dumps({i: last_fired[i] for i in order if i in last_fired}, option=_SORT)
-        data = b"".join(
-            (b'{"last_fired":', fired, b',"schedules":[', b",".join(current[i][1] for i in order), b"]}")
-        )
-        return Payload(data, sha256_hex(data), len(order))
+        pieces = [b'{"last_fired":', fired, b',"schedules":[']
+        for n, i in enumerate(order):
+            if n:
+                pieces.append(b",")
+            pieces.append(current[i][1])
+        pieces.append(b"]}")
+        return _payload_from_pieces(pieces, len(order))
 
 
 def payload_of(schedules: Iterable[Schedule], last_fired: Mapping[str, int]) -> Payload:
@@ -131,8 +156,26 @@ class BackupInfo:
 
 @dataclass(frozen=True)
 class EncodedBackup:
-    data: bytes
+    """A backup file ready to stream: the header's bytes around the payload's pieces."""
+
+    head: bytes
+    payload: Payload
+    tail: bytes
     info: BackupInfo
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + self.payload.size + len(self.tail)
+
+    def chunks(self) -> Iterator[bytes]:
+        yield self.head
+        yield from self.payload.chunks()
+        yield self.tail
+
+    @property
+    def data(self) -> bytes:
+        """The whole file in one buffer (for tests, the CLI and small files; the node streams)."""
+        return b"".join(self.chunks())
 
 
 _PAYLOAD_KEY = b'"payload":'
@@ -140,7 +183,7 @@ _PAYLOAD_PLACEHOLDER = _PAYLOAD_KEY + b"null"
 
 
 def encode_backup(payload: Payload, *, node: str, raft_index: int, written_at: float) -> EncodedBackup:
-    """The file's bytes for ``payload``, written by ``node`` at ``raft_index``.
+    """The file for ``payload`` (streamed by ``chunks``), written by ``node`` at ``raft_index``.
 
     The header is encoded with a ``null`` payload, which the payload's bytes then replace: the
     result is the canonical encoding of the whole document without encoding the payload twice.
@@ -159,9 +202,8 @@ def encode_backup(payload: Payload, *, node: str, raft_index: int, written_at: f
     head = orjson.dumps({**header, "header_sha256": _header_hash(header), "payload": None}, option=_SORT)
     before, placeholder, after = head.partition(_PAYLOAD_PLACEHOLDER)
     assert placeholder and _PAYLOAD_PLACEHOLDER not in after
-    data = b"".join((before, _PAYLOAD_KEY, payload.data, after, b"\n"))
     info = BackupInfo(payload.sha256, payload.count, raft_index, node, header["written_at"])
-    return EncodedBackup(data, info)
+    return EncodedBackup(before + _PAYLOAD_KEY, payload, after + b"\n", info)
 
 
 @dataclass(frozen=True)

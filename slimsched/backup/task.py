@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from slimsched import ids
-from slimsched.backup.disk import load_disk_state, read_candidates, remove_stale_temporaries, write_backup
+from slimsched.backup.disk import (
+    NoSpace,
+    Written,
+    load_disk_state,
+    read_candidates,
+    recheck,
+    remove_stale_temporaries,
+    set_aside_damaged,
+    signature,
+    write_backup,
+)
 from slimsched.backup.fileformat import (
     FILE_NAME,
     BackupInfo,
@@ -42,6 +52,7 @@ log = logging.getLogger(__name__)
 
 STOP_DEADLINE_SECONDS = 10.0
 READY_POLL_SECONDS = 0.05
+NO_SPACE = "no_space"  # a pass's outcome when the volume lacks room for the file
 
 # At a cold start the members announce their levels right after the first election.
 RESTORE_LEVEL_WAIT_SECONDS = 10.0
@@ -54,7 +65,7 @@ class BackupMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.passes = Counter(
             "slimsched_backup_passes",
-            "Backup passes by outcome (written, unchanged, kept_non_empty, catching_up, failed)",
+            "Backup passes by outcome (written, unchanged, kept_non_empty, catching_up, no_space, failed)",
             ["outcome"],
             registry=registry,
         )
@@ -70,6 +81,13 @@ class BackupMetrics:
             "slimsched_backup_corrupt_files",
             "Backup files refused because they did not verify, by file",
             ["file"],
+            registry=registry,
+        )
+        self.damaged = Counter(
+            "slimsched_backup_damaged_files",
+            "Backup files found changed (set aside as .damaged-<time>) or gone since this node wrote "
+            "them, by reason (damaged, gone)",
+            ["reason"],
             registry=registry,
         )
         self.restores = Counter(
@@ -104,6 +122,9 @@ class Backups:
     _io_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _pass_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _encoder: PayloadEncoder = field(default_factory=PayloadEncoder, init=False)
+    _signature: tuple[int, int, int] | None = field(default=None, init=False)
+    _damaged: list[tuple[str, str | None, str]] = field(default_factory=list, init=False)
+    _refused: list[Refused] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         if not self.interval_seconds > 0:
@@ -174,6 +195,7 @@ class Backups:
             self.disk, refused = DiskState(main_refused=f"cannot read it: {e}"), ()
         self._report(refused)
         if self.disk.main is not None:
+            self._signature = await loop.run_in_executor(None, signature, self.path)
             self._metrics.schedules.set(self.disk.main.schedule_count)
 
     def _report(self, refused: Iterable[Refused]) -> None:
@@ -188,6 +210,12 @@ class Backups:
         async with self._pass_lock:
             try:
                 decision = await self._backup_once()
+            except NoSpace as e:
+                if self.last_outcome != NO_SPACE:
+                    log.error("backup not written: %s; the node keeps serving", e)
+                self._metrics.passes.labels(NO_SPACE).inc()
+                self.last_outcome = NO_SPACE
+                return None
             except Exception:
                 log.exception("writing the backup to %s failed", self.path)
                 self._metrics.passes.labels("failed").inc()
@@ -197,15 +225,38 @@ class Backups:
             self.last_outcome = decision.value
             return decision
 
+    def _recheck(self, now: float) -> None:
+        """If the file changed on disk since this node wrote or verified it, verify it again; a
+        file that no longer verifies is set aside (``.damaged-<time>``) and ``.prev`` read back.
+
+        Runs with the I/O lock held, in the executor. The signature (inode, size, mtime) makes
+        the common pass cheap; any write, replace or removal of the file changes it.
+        """
+        main = self.disk.main
+        if main is None or signature(self.path) == self._signature:
+            return
+        problem = recheck(self.path, main)
+        if problem is None:
+            self._signature = signature(self.path)
+            return
+        reason = "gone" if not os.path.exists(self.path) else "damaged"
+        name = set_aside_damaged(self.backup_dir, now) if reason == "damaged" else None
+        self._damaged.append((reason, name, problem))
+        self.disk, refused = load_disk_state(self.backup_dir)
+        self._refused.extend(refused)
+        self._signature = signature(self.path)
+
     async def _backup_once(self) -> Decision:
         loop = asyncio.get_running_loop()
         applied = self.raft.status().applied_index  # the copy below holds at least this much
         schedules, last_fired = self.raft.read(lambda s: (list(s.schedules.values()), s.last_fired.copy()))
         written_at = self.clock()
         since_start = loop.time() - self._started_at
-        disk = self.disk
 
-        def encode_and_write() -> tuple[Decision, BackupInfo | None]:
+        def encode_and_write() -> tuple[Decision, DiskState, BackupInfo | None, Written]:
+            with self._io_lock:
+                self._recheck(written_at)
+            disk = self.disk
             payload = self._encoder.encode(schedules, last_fired)
             decision = decide_write(
                 payload.sha256,
@@ -215,20 +266,29 @@ class Backups:
                 seconds_since_start=since_start,
             )
             if decision is not Decision.WRITE:
-                return decision, None
+                return decision, disk, None, Written()
             encoded = encode_backup(payload, node=self.node_id, raft_index=applied, written_at=written_at)
             with self._io_lock:
-                write_backup(
+                written = write_backup(
                     self.backup_dir,
-                    encoded.data,
-                    rotate=disk.main is not None,
+                    encoded,
+                    expect_main=disk.main,
                     set_aside_corrupt=disk.main_refused is not None,
+                    now=written_at,
                 )
-            return decision, encoded.info
+                self._signature = signature(self.path)
+            return decision, disk, encoded.info, written
 
-        decision, info = await loop.run_in_executor(None, encode_and_write)
+        try:
+            decision, disk, info, written = await loop.run_in_executor(None, encode_and_write)
+        finally:
+            self._report_damaged()
+        if written.damaged_name is not None:
+            self._damaged.append(("damaged", written.damaged_name, written.damaged_problem or ""))
+            self._report_damaged()
         if info is not None:
-            self.disk = DiskState(main=info, prev=disk.main or disk.prev)
+            kept = disk.main if written.damaged_name is None else None
+            self.disk = DiskState(main=info, prev=kept or disk.prev)
             self._metrics.last_write.set(written_at)
             self._metrics.schedules.set(info.schedule_count)
             log.info(
@@ -240,6 +300,24 @@ class Backups:
         elif decision is Decision.KEEP_NON_EMPTY and self.last_outcome != decision.value:
             log.warning("the state holds no schedules: the non-empty backup %s is kept", self.path)
         return decision
+
+    def _report_damaged(self) -> None:
+        """Count and log what ``_recheck`` and the write found (they run in the executor)."""
+        self._report(self._refused)
+        self._refused.clear()
+        for reason, name, problem in self._damaged:
+            self._metrics.damaged.labels(reason).inc()
+            if name is None:
+                log.error("backup %s vanished since this node wrote it; writing it again", self.path)
+            else:
+                log.error(
+                    "backup %s changed on disk since this node wrote it (%s): set aside as %s, "
+                    "never rotated into .prev",
+                    self.path,
+                    problem,
+                    os.path.join(self.backup_dir, name),
+                )
+        self._damaged.clear()
 
     # -- cold-start restore (called by the leader after its barrier) ---------------------------
 
