@@ -228,6 +228,8 @@ class ImageBehaviour:
     mode: Mode = Mode.SUCCEED
     pending_seconds: float | None = None
     run_seconds: float | None = None
+    # What the container prints when it starts; None: the emulator's own start and exit lines.
+    log: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -249,6 +251,7 @@ class _SimJob:
     obj: dict[str, Any]
     plan: JobPlan
     pod: _Pod
+    script: tuple[str, ...] | None = None  # ImageBehaviour.log
     applied: int = 1  # how many entries of the timeline have been applied
     phase: Phase = Phase.PENDING
     finished_at: float | None = None
@@ -303,7 +306,13 @@ class Emulator:
         run_seconds: float = DEFAULT_RUN_SECONDS,
         clock: Callable[[], float] = time.time,
         seed: int | None = None,
+        cronjob_versions: tuple[str, ...] = ("v1",),
     ) -> None:
+        """``cronjob_versions``: the batch versions CronJobs are served in (Kubernetes 1.20 serves
+        only v1beta1, 1.21 to 1.24 both, 1.25 on only v1); the first one is their storage version."""
+        if not cronjob_versions or set(cronjob_versions) - {"v1", "v1beta1"}:
+            raise ValueError(f"cronjob_versions must be some of v1 and v1beta1, not {cronjob_versions!r}")
+        self.cronjob_versions = cronjob_versions
         self.pending_seconds = pending_seconds
         self.run_seconds = run_seconds
         self._clock = clock
@@ -371,9 +380,15 @@ class Emulator:
         *,
         pending_seconds: float | None = None,
         run_seconds: float | None = None,
+        log: Iterable[str] | None = None,
     ) -> ImageBehaviour:
-        """What Jobs created from now on with ``image`` do (jobs already created keep their plan)."""
-        behaviour = ImageBehaviour(Mode(mode), pending_seconds, run_seconds)
+        """What Jobs created from now on with ``image`` do (jobs already created keep their plan).
+
+        ``log``: the lines its container prints as it starts (else the emulator's own lines).
+        """
+        behaviour = ImageBehaviour(
+            Mode(mode), pending_seconds, run_seconds, None if log is None else tuple(log)
+        )
         self._images[image] = behaviour
         return behaviour
 
@@ -421,7 +436,7 @@ class Emulator:
         if meta_in.get("annotations"):
             meta["annotations"] = dict(meta_in["annotations"])
         cronjob = {
-            "apiVersion": "batch/v1",
+            "apiVersion": f"batch/{self.cronjob_versions[0]}",
             "kind": "CronJob",
             "metadata": meta,
             "spec": copy.deepcopy(dict(obj.get("spec") or {})),
@@ -529,6 +544,10 @@ class Emulator:
                 for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
             ]
             cstatus.update(ready=True, started=True, state={"running": {"startedAt": ts}})
+            if sim.script is not None:
+                sim.pod.log.extend(sim.script)
+                self._notify()
+                return
             args = " ".join(container.get("args") or [])
             sim.pod.log.append(
                 f"emulator: container {container['name']} started, image {container['image']}"
@@ -536,7 +555,7 @@ class Emulator:
             )
         elif at.phase.finished:
             exit_code = self._finish(job, pod, at, ts)
-            if was_running:
+            if was_running and sim.script is None:
                 sim.pod.log.append(f"emulator: container {container['name']} exited with code {exit_code}")
         self._notify()
 
@@ -719,7 +738,7 @@ class Emulator:
             run_seconds=_first(behaviour.run_seconds, self.run_seconds),
             active_deadline_seconds=int(deadline) if deadline is not None else None,
         )
-        sim = _SimJob(job, plan, _Pod(pod))
+        sim = _SimJob(job, plan, _Pod(pod), behaviour.log)
         self._jobs[(namespace, name)] = sim
         self._pods[(namespace, pod_name)] = sim.pod
         self._creations.append(CreateAttempt(namespace, name, "created", ts, now))
@@ -739,8 +758,10 @@ class Emulator:
         app.router.add_get(f"{batch}/jobs", self._h_list_jobs)
         app.router.add_get(f"{batch}/jobs/{{name}}", self._h_get_job)
         app.router.add_delete(f"{batch}/jobs/{{name}}", self._h_delete_job)
-        app.router.add_get(f"{batch}/cronjobs", self._h_list_cronjobs)
-        app.router.add_get(f"{batch}/cronjobs/{{name}}", self._h_get_cronjob)
+        for version in self.cronjob_versions:  # a version not served answers 404, as the API server
+            cronjobs = f"/apis/batch/{version}/namespaces/{{ns}}/cronjobs"
+            app.router.add_get(cronjobs, functools.partial(self._h_list_cronjobs, version))
+            app.router.add_get(f"{cronjobs}/{{name}}", functools.partial(self._h_get_cronjob, version))
         app.router.add_get(f"{core}/pods", self._h_list_pods)
         app.router.add_get(f"{core}/pods/{{name}}", self._h_get_pod)
         app.router.add_get(f"{core}/pods/{{name}}/log", self._h_pod_log)
@@ -817,14 +838,15 @@ class Emulator:
             }
         )
 
-    async def _h_list_cronjobs(self, request: web.Request) -> web.Response:
-        return self._filtered("CronJobList", "batch/v1", request, self._cronjobs.items())
+    async def _h_list_cronjobs(self, version: str, request: web.Request) -> web.Response:
+        items = ((k, {**obj, "apiVersion": f"batch/{version}"}) for k, obj in self._cronjobs.items())
+        return self._filtered("CronJobList", f"batch/{version}", request, items)
 
-    async def _h_get_cronjob(self, request: web.Request) -> web.Response:
+    async def _h_get_cronjob(self, version: str, request: web.Request) -> web.Response:
         obj = self._cronjobs.get((request.match_info["ns"], request.match_info["name"]))
         if obj is None:
             return _not_found("cronjobs.batch", request.match_info["name"])
-        return _json(obj)
+        return _json({**obj, "apiVersion": f"batch/{version}"})
 
     async def _h_list_pods(self, request: web.Request) -> web.Response:
         return self._filtered("PodList", "v1", request, ((k, p.obj) for k, p in self._pods.items()))
@@ -854,8 +876,9 @@ class Emulator:
             reqs = parse_label_selector(request.query.get("labelSelector", ""))
         except SelectorError as e:
             return _status(400, "BadRequest", str(e))
+        # As the API server, a list names the kind once: its items carry no apiVersion and kind.
         items = [
-            obj
+            {k: v for k, v in obj.items() if k not in _LIST_ITEM_OMITS}
             for (obj_ns, _), obj in objects
             if obj_ns == ns and selector_matches(obj["metadata"].get("labels") or {}, reqs)
         ]
@@ -863,6 +886,14 @@ class Emulator:
 
     async def _h_pod_log(self, request: web.Request) -> web.StreamResponse:
         ns, name = request.match_info["ns"], request.match_info["name"]
+        if not accepts_api_media_type(request.headers.get("Accept", "")):
+            # kube-apiserver negotiates a log like any answer, among its serializers only: a
+            # client asking for text/plain gets 406 although the log is sent as text/plain.
+            return _status(
+                406,
+                "NotAcceptable",
+                "only the following media types are accepted: " + ", ".join(API_MEDIA_TYPES),
+            )
         pod = self._pods.get((ns, name))
         if pod is None:
             return _not_found("pods", name)
@@ -918,12 +949,16 @@ class Emulator:
         body = await _read_object(request)
         if not isinstance(body, dict) or not isinstance(body.get("image"), str):
             return _status(400, "BadRequest", 'expected {"image": str, "mode": str}')
+        log = body.get("log")
+        if log is not None and not (isinstance(log, list) and all(isinstance(x, str) for x in log)):
+            return _status(400, "BadRequest", "log must be a list of strings")
         try:
             behaviour = self.set_image_behaviour(
                 body["image"],
                 str(body.get("mode", Mode.SUCCEED)),
                 pending_seconds=_opt_float(body.get("pendingSeconds")),
                 run_seconds=_opt_float(body.get("runSeconds")),
+                log=log,
             )
         except ValueError as e:
             return _status(400, "BadRequest", str(e))
@@ -996,6 +1031,21 @@ class Emulator:
                 ]
             }
         )
+
+
+_LIST_ITEM_OMITS = frozenset({"apiVersion", "kind"})
+API_MEDIA_TYPES = ("application/json", "application/yaml", "application/vnd.kubernetes.protobuf")
+
+
+def accepts_api_media_type(accept: str) -> bool:
+    """Whether an ``Accept`` header admits one of the API server's serializers (empty: any)."""
+    if not accept.strip():
+        return True
+    for media_range in accept.split(","):
+        kind = media_range.split(";", 1)[0].strip().lower()
+        if kind in ("*/*", "application/*") or kind in API_MEDIA_TYPES:
+            return True
+    return False
 
 
 def _job_problem(body: Mapping[str, Any]) -> str | None:

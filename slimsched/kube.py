@@ -40,6 +40,14 @@ CALL_THREADS = 8
 LOG_STREAM_THREADS = 16
 
 _BATCH = "/apis/batch/v1/namespaces/{namespace}"
+# CronJob is batch/v1 since Kubernetes 1.21 and was batch/v1beta1 until 1.25: tried in this order.
+_CRONJOB_PATHS = (
+    "/apis/batch/v1/namespaces/{namespace}/cronjobs",
+    "/apis/batch/v1beta1/namespaces/{namespace}/cronjobs",
+)
+# A pod's log is text, but kube-apiserver negotiates it as one of its serializers and answers 406
+# to ``Accept: text/plain``; this is what kubectl (client-go) sends.
+_LOG_ACCEPT = "application/json, */*"
 _APPS = "/apis/apps/v1/namespaces/{namespace}"
 _CORE = "/api/v1/namespaces/{namespace}"
 
@@ -65,6 +73,7 @@ class KubeClient:
         # A followed log holds a thread while it waits for the next line: kept apart so that
         # log readers can never starve job dispatch.
         self._streams = ThreadPoolExecutor(LOG_STREAM_THREADS, thread_name_prefix="slimsched-kube-log")
+        self._cronjob_path = _CRONJOB_PATHS[0]
 
     @classmethod
     def from_url(cls, url: str, namespace: str, call_threads: int = CALL_THREADS) -> KubeClient:
@@ -84,7 +93,9 @@ class KubeClient:
         return cls(k8s.ApiClient(configuration), namespace)
 
     @classmethod
-    def from_kubeconfig(cls, path: str | None, namespace: str) -> KubeClient:
+    def from_kubeconfig(
+        cls, path: str | None, namespace: str, call_threads: int = CALL_THREADS
+    ) -> KubeClient:
         """A client of the current context of a kubeconfig file (None: the default location)."""
         configuration = k8s.Configuration()
         try:
@@ -93,7 +104,7 @@ class KubeClient:
             )
         except (ConfigException, OSError) as e:
             raise KubeError(f"cannot load kubeconfig {path or '(default)'}: {e}") from e
-        return cls(k8s.ApiClient(configuration), namespace)
+        return cls(k8s.ApiClient(configuration), namespace, call_threads)
 
     async def close(self) -> None:
         self._calls.shutdown(wait=False, cancel_futures=True)
@@ -245,7 +256,24 @@ class KubeClient:
         return False
 
     async def list_cronjobs(self) -> list[dict[str, Any]]:
-        return await self._list("list cronjobs", _BATCH + "/cronjobs")
+        """The namespace's CronJobs, from batch/v1 or, on a server without it, batch/v1beta1.
+
+        The version that answered last is tried first; a 404 (the resource is not served: a
+        list in a namespace never answers 404 otherwise) moves on to the other one.
+        """
+        last: KubeError | None = None
+        for path in (self._cronjob_path, *(p for p in _CRONJOB_PATHS if p != self._cronjob_path)):
+            try:
+                items = await self._list(f"list cronjobs ({path.split('/')[3]})", path)
+            except KubeError as e:
+                if e.status != 404:
+                    raise
+                last = e
+                continue
+            self._cronjob_path = path
+            return items
+        assert last is not None
+        raise last
 
     # --- logs -------------------------------------------------------------------------------
 
@@ -253,7 +281,7 @@ class KubeClient:
         self, pod_name: str, query: Sequence[tuple[str, str]], timeout: tuple[float, float]
     ) -> urllib3.BaseHTTPResponse:
         path = _CORE + "/pods/{name}/log"
-        return self._send("GET", path, pod_name, query, timeout=timeout, accept="text/plain")
+        return self._send("GET", path, pod_name, query, timeout=timeout, accept=_LOG_ACCEPT)
 
     async def read_pod_log(self, pod_name: str, tail_lines: int | None = None) -> str:
         def call() -> str:

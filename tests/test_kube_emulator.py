@@ -571,3 +571,34 @@ def test_module_entry_point_prints_url_and_stops_on_sigterm() -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=5)
+
+
+@pytest.mark.parametrize("versions", [("v1",), ("v1beta1",), ("v1beta1", "v1")])
+async def test_cronjobs_are_found_in_whichever_batch_version_the_server_serves(
+    versions: tuple[str, ...],
+) -> None:
+    """Kubernetes 1.20 serves CronJob only as batch/v1beta1, 1.25 on only as batch/v1."""
+    emulator = Emulator(cronjob_versions=versions)
+    await emulator.start()
+    assert emulator.url is not None
+    client = KubeClient.from_url(emulator.url, NS)
+    try:
+        emulator.put_cronjob("nightly", {"spec": {"schedule": "0 3 * * *", "suspend": True}})
+        for _ in range(2):  # the second call goes straight to the version found by the first
+            [cron] = await client.list_cronjobs()
+            assert cron["metadata"]["name"] == "nightly"
+        async with aiohttp.ClientSession() as session:
+            for version in ("v1", "v1beta1"):
+                url = f"{emulator.url}/apis/batch/{version}/namespaces/{NS}/cronjobs"
+                async with session.get(url) as response:
+                    assert response.status == (200 if version in versions else 404)
+    finally:
+        await client.close()
+        await emulator.stop()
+
+
+def test_cronjob_versions_are_checked() -> None:
+    with pytest.raises(ValueError):
+        Emulator(cronjob_versions=("v2",))
+    with pytest.raises(ValueError):
+        Emulator(cronjob_versions=())

@@ -1,0 +1,293 @@
+"""The contract between slimsched's KubeClient and a Kubernetes API server, on the emulator and a real one.
+
+Each case runs twice: on the emulator in every plain test run, and on a real kube-apiserver +
+kube-controller-manager (``pytest -m realk8s``). What slimsched relies on (the Job's outcome and
+its reason as the job controller writes them, TTL deletion, foreground deletion, pod logs and
+their media types, CronJob discovery, Deployment readiness) is asserted the same way on both,
+so the emulator cannot drift from the real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+
+from slimsched import catalog
+from slimsched.errors import KubeError
+from slimsched.jobmanifest import build_job_manifest, kube_job_name, run_selector, run_status_from_job
+from slimsched.kube import KubeClient
+from slimsched.model import JobSpec, Run, RunStatus
+from tests.realk8s.backends import Backend
+from tests.realk8s.images import ImageScript
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], deadline: float = 30.0, what: str = ""
+) -> T:
+    give_up = time.monotonic() + deadline
+    while True:
+        value = await probe()
+        if done(value):
+            return value
+        if time.monotonic() > give_up:
+            raise AssertionError(f"{what or 'condition'} not met within {deadline}s; last value: {value!r}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def kube(backend: Backend) -> AsyncIterator[KubeClient]:
+    client = backend.client()
+    yield client
+    await client.close()
+
+
+def make_run(run_id: str, image: str, **spec: Any) -> Run:
+    return Run(
+        id=run_id,
+        job_name="contract",
+        spec=JobSpec(**{"image": image, "backoff_limit": 0, **spec}),
+        status=RunStatus.DISPATCHING,
+        queued_at_ms=0,
+        kube_name=kube_job_name("contract", run_id),
+    )
+
+
+async def start(backend: Backend, kube: KubeClient, run: Run) -> None:
+    manifest = build_job_manifest(
+        run, namespace=backend.namespace, raft_term=2, raft_index=7, schedule_id=None
+    )
+    assert await kube.create_job(manifest) is True
+
+
+async def status_of(kube: KubeClient, run: Run) -> tuple[RunStatus, str | None]:
+    job = await kube.get_job(run.kube_name)
+    assert job is not None, f"Job {run.kube_name} is gone"
+    return run_status_from_job(job, await kube.list_pods(run_selector(run.id)))
+
+
+def has(status: RunStatus) -> Callable[[tuple[RunStatus, str | None]], bool]:
+    return lambda value: value[0] is status
+
+
+async def running_pod(backend: Backend, kube: KubeClient, run: Run) -> str:
+    await start(backend, kube, run)
+    await eventually(lambda: status_of(kube, run), has(RunStatus.RUNNING), what="the run running")
+    pods = await kube.list_pods(run_selector(run.id))
+    assert len(pods) == 1
+    return str(pods[0]["metadata"]["name"])
+
+
+# --- dispatch and outcomes ------------------------------------------------------------------------
+
+
+async def test_a_second_create_of_a_name_is_409_and_the_job_keeps_its_labels(
+    backend: Backend, kube: KubeClient
+) -> None:
+    backend.image("contract/ok:1", ImageScript(run_seconds=0.5))
+    run = make_run("create-twice", "contract/ok:1")
+    await start(backend, kube, run)
+    manifest = build_job_manifest(
+        run, namespace=backend.namespace, raft_term=9, raft_index=9, schedule_id=None
+    )
+    assert await kube.create_job(manifest) is False
+    [job] = await kube.list_jobs(run_selector(run.id))
+    assert job["metadata"]["name"] == run.kube_name
+    assert job["metadata"]["labels"]["slimsched/raft-term"] == "2", "the first create is the one kept"
+    assert job["metadata"]["annotations"]["slimsched/run-id"] == run.id
+    # The leader maps pods to their Job by the job-name label the job controller puts on them.
+    await eventually(lambda: kube.list_pods(run_selector(run.id)), bool, what="the Job's pod")
+    [pod] = await kube.list_pods(run_selector(run.id))
+    assert pod["metadata"]["labels"]["job-name"] == run.kube_name
+
+
+async def test_a_job_succeeds_with_a_complete_condition(backend: Backend, kube: KubeClient) -> None:
+    backend.image("contract/ok:1", ImageScript(run_seconds=0.5))
+    run = make_run("succeeds", "contract/ok:1")
+    await start(backend, kube, run)
+    assert await eventually(lambda: status_of(kube, run), has(RunStatus.SUCCEEDED)) == (
+        RunStatus.SUCCEEDED,
+        None,
+    )
+    job = await kube.get_job(run.kube_name)
+    assert job is not None
+    assert {"type": "Complete", "status": "True"}.items() <= job["status"]["conditions"][-1].items()
+    assert job["status"]["succeeded"] == 1
+
+
+async def test_a_failing_container_fails_the_job_with_backoff_limit_exceeded(
+    backend: Backend, kube: KubeClient
+) -> None:
+    backend.image("contract/fails:1", ImageScript(fail=True, run_seconds=0.5))
+    run = make_run("fails", "contract/fails:1")
+    await start(backend, kube, run)
+    final = await eventually(lambda: status_of(kube, run), has(RunStatus.FAILED))
+    assert final == (RunStatus.FAILED, "BackoffLimitExceeded")
+
+
+async def test_active_deadline_fails_the_job_with_deadline_exceeded(
+    backend: Backend, kube: KubeClient
+) -> None:
+    backend.image("contract/hangs:1", ImageScript(run_seconds=600))
+    run = make_run("deadline", "contract/hangs:1", active_deadline_seconds=2)
+    started = time.monotonic()
+    await start(backend, kube, run)
+    final = await eventually(lambda: status_of(kube, run), has(RunStatus.FAILED))
+    assert final == (RunStatus.FAILED, "DeadlineExceeded")
+    assert time.monotonic() - started >= 1.5
+
+
+async def test_parallelism_and_completions_are_the_job_controllers(
+    backend: Backend, kube: KubeClient
+) -> None:
+    backend.image("contract/ok:1", ImageScript(run_seconds=0.5))
+    run = make_run("completions", "contract/ok:1", parallelism=2, completions=4)
+    await start(backend, kube, run)
+    await eventually(lambda: status_of(kube, run), has(RunStatus.SUCCEEDED))
+    job = await kube.get_job(run.kube_name)
+    assert job is not None
+    assert job["status"]["succeeded"] == 4
+
+
+async def test_ttl_after_finished_deletes_the_job(backend: Backend, kube: KubeClient) -> None:
+    backend.image("contract/ok:1", ImageScript(run_seconds=0.5))
+    run = make_run("ttl", "contract/ok:1", ttl_seconds_after_finished=1)
+    await start(backend, kube, run)
+    await eventually(lambda: status_of(kube, run), has(RunStatus.SUCCEEDED))
+    await eventually(lambda: kube.get_job(run.kube_name), lambda job: job is None, what="the TTL deletion")
+    assert await kube.list_jobs(run_selector(run.id)) == []
+
+
+async def test_foreground_delete_removes_the_job_and_its_pods(backend: Backend, kube: KubeClient) -> None:
+    backend.image("contract/hangs:1", ImageScript(run_seconds=600))
+    run = make_run("deleted", "contract/hangs:1")
+    await running_pod(backend, kube, run)
+    assert await kube.delete_job(run.kube_name) is True
+
+    async def left() -> tuple[int, int]:
+        return len(await kube.list_jobs(run_selector(run.id))), len(
+            await kube.list_pods(run_selector(run.id))
+        )
+
+    await eventually(left, lambda n: n == (0, 0), what="the Job and its pod to be gone")
+    assert await kube.get_job(run.kube_name) is None
+    assert await kube.delete_job(run.kube_name) is False
+
+
+async def test_deployment_readiness(backend: Backend, kube: KubeClient) -> None:
+    assert await kube.workload_ready("db") is False  # no such workload
+    backend.deployment("db", replicas=2, ready=False)
+    assert await kube.workload_ready("db") is False
+    backend.deployment("db", replicas=2, ready=True)
+    await eventually(lambda: kube.workload_ready("db"), bool, what="the Deployment ready")
+
+
+# --- logs -------------------------------------------------------------------------------------------
+
+LINES = ("first line", "second line", "third line")
+
+
+async def test_logs_of_a_running_pod_whole_tail_and_follow(backend: Backend, kube: KubeClient) -> None:
+    backend.image("contract/talks:1", ImageScript(run_seconds=600, log=LINES))
+    pod = await running_pod(backend, kube, make_run("talks", "contract/talks:1"))
+    whole = await eventually(lambda: kube.read_pod_log(pod), bool, what="the log")
+    assert whole == "".join(f"{line}\n" for line in LINES)
+    assert await kube.read_pod_log(pod, tail_lines=2) == "second line\nthird line\n"
+    assert await kube.read_pod_log(pod, tail_lines=0) == ""
+    stream = kube.stream_pod_log(pod)
+    try:
+        received = [await asyncio.wait_for(anext(stream), 10) for _ in LINES]
+    finally:
+        await asyncio.wait_for(stream.aclose(), 5)
+    assert received == list(LINES)
+    assert await kube.read_pod_log(pod, tail_lines=1) == "third line\n", "the client still works"
+
+
+async def test_follow_of_a_finished_pod_gives_the_whole_log_and_ends(
+    backend: Backend, kube: KubeClient
+) -> None:
+    backend.image("contract/talked:1", ImageScript(run_seconds=0.5, log=LINES))
+    run = make_run("talked", "contract/talked:1")
+    await start(backend, kube, run)
+    await eventually(lambda: status_of(kube, run), has(RunStatus.SUCCEEDED))
+    [pod] = await kube.list_pods(run_selector(run.id))
+    name = str(pod["metadata"]["name"])
+    assert await kube.read_pod_log(name) == "".join(f"{line}\n" for line in LINES)
+
+    async def follow() -> list[str]:
+        return [line async for line in kube.stream_pod_log(name)]
+
+    assert await asyncio.wait_for(follow(), 10) == list(LINES)
+
+
+async def test_a_log_is_negotiated_as_an_api_answer(backend: Backend, kube: KubeClient) -> None:
+    """kube-apiserver answers 406 to ``Accept: text/plain`` on pods/log (and sends text/plain)."""
+    backend.image("contract/talks:1", ImageScript(run_seconds=600, log=LINES))
+    pod = await running_pod(backend, kube, make_run("negotiated", "contract/talks:1"))
+    path = f"/api/v1/namespaces/{backend.namespace}/pods/{pod}/log"
+    status, body, _ = backend.raw("GET", path, {"Accept": "text/plain"})
+    assert status == 406, body
+    refusal = orjson.loads(body)
+    assert (refusal["kind"], refusal["reason"], refusal["code"]) == ("Status", "NotAcceptable", 406)
+    assert "application/json" in refusal["message"]
+    for accept in ("application/json, */*", "*/*", "application/json"):
+        status, body, content_type = await eventually(
+            lambda a=accept: asyncio.to_thread(backend.raw, "GET", path, {"Accept": a}),  # type: ignore[misc]
+            lambda answer: answer[0] == 200 and bool(answer[1]),
+            what=f"the log with Accept: {accept}",
+        )
+        assert body.decode() == "".join(f"{line}\n" for line in LINES)
+        assert content_type.startswith("text/plain")
+
+
+async def test_log_of_a_missing_pod_is_a_404(backend: Backend, kube: KubeClient) -> None:
+    with pytest.raises(KubeError) as info:
+        await kube.read_pod_log("no-such-pod")
+    assert info.value.status == 404
+
+
+# --- CronJob discovery --------------------------------------------------------------------------------
+
+
+async def test_annotated_cronjobs_are_listed_and_mapped(backend: Backend, kube: KubeClient) -> None:
+    backend.cronjob(
+        "nightly",
+        {
+            "metadata": {
+                "annotations": {"SlimFaas/Job": "true", "SlimFaas/DefaultVisibility": "Public"},
+                "labels": {"team": "data"},
+            },
+            "spec": {
+                "schedule": "0 3 * * *",
+                "suspend": True,
+                "jobTemplate": {
+                    "spec": {
+                        "backoffLimit": 2,
+                        "template": {
+                            "spec": {
+                                "restartPolicy": "Never",
+                                "containers": [{"name": "nightly", "image": "contract/nightly:1"}],
+                            }
+                        },
+                    }
+                },
+            },
+        },
+    )
+    [cronjob] = await kube.list_cronjobs()
+    assert cronjob["metadata"]["name"] == "nightly"
+    assert "apiVersion" not in cronjob and "kind" not in cronjob, "a list names its items' kind once"
+    found = catalog.cronjob_job(cronjob)
+    assert found is not None
+    assert (found.config.image, found.config.backoff_limit, found.config.visibility.value) == (
+        "contract/nightly:1",
+        2,
+        "Public",
+    )
+    assert found.schedule is not None and found.schedule.schedule == "0 3 * * *"
