@@ -816,6 +816,7 @@ class Harness:
                 # The partition proxy reads the first (unencrypted) frame of each Raft connection:
                 # an inherited password would make every connection unidentifiable.
                 "SLIMSCHED_RAFT_PASSWORD": "",
+                "SLIMSCHED_RAFT_NETWORK_PRIVATE": "true",  # 127.0.0.1 only
             },
         )
         self.front = [node.raft_address for node in self.cluster.nodes]

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -36,6 +37,8 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
     changes: dict[str, object] = {}
     if args.raft_address:
         changes["raft_address"] = args.raft_address
+    if args.raft_bind:
+        changes["raft_bind"] = args.raft_bind
     if args.peers is not None:
         changes["peers"] = tuple(
             p for p in args.peers.split(",") if p and p != (args.raft_address or s.raft_address)
@@ -49,7 +52,9 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
     if args.jobs_config:
         with open(args.jobs_config, encoding="utf-8") as f:
             changes["jobs_configuration"] = f.read()
-    return dataclasses.replace(s, **changes)  # type: ignore[arg-type]
+    settings = dataclasses.replace(s, **changes)  # type: ignore[arg-type]
+    settings.require_raft_security()
+    return settings
 
 
 async def _serve(settings: Settings) -> int:
@@ -84,6 +89,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.raft_password is None:
+        log.warning(
+            "Raft runs WITHOUT a password (SLIMSCHED_RAFT_NETWORK_PRIVATE=true): whoever reaches %s "
+            "can run code in this node",
+            settings.raft_bind or settings.raft_address,
+        )
     return asyncio.run(_serve(settings))
 
 
@@ -95,6 +106,9 @@ def cmd_local(args: argparse.Namespace) -> int:
     base = os.path.abspath(args.data_dir)
     procs: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ)
+    if not env.get("SLIMSCHED_RAFT_PASSWORD"):
+        # One secret per cluster, given to its nodes only (in their environment, never argv).
+        env["SLIMSCHED_RAFT_PASSWORD"] = secrets.token_urlsafe(32)
     if not args.jobs_config:
         env["SLIMSCHED_JOBS_CONFIGURATION"] = DEMO_JOBS_CONFIGURATION
         print("no --jobs-config given: using the demo configuration (job 'fibonacci', Public)", flush=True)
@@ -158,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run one node (settings from SLIMSCHED_* variables and flags)")
     serve.add_argument("--raft-address", help="this node's Raft address host:port")
+    serve.add_argument(
+        "--raft-bind", help="host:port the Raft port listens on (default: the pod IP, else all interfaces)"
+    )
     serve.add_argument("--peers", help="comma-separated Raft addresses of all nodes (self is dropped)")
     serve.add_argument("--http-host")
     serve.add_argument("--http-port", type=int)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -41,9 +42,18 @@ def request_json(url: str, method: str = "GET", body: Any = None, timeout: float
 
 
 def serve_command(
-    python: str, raft_address: str, peers: Sequence[str], http_port: int, data_dir: str
+    python: str,
+    raft_address: str,
+    peers: Sequence[str],
+    http_port: int,
+    data_dir: str,
+    raft_bind: str | None = None,
 ) -> list[str]:
-    """The command line of one ``slimsched serve`` node on 127.0.0.1, run as production runs it."""
+    """The command line of one ``slimsched serve`` node on 127.0.0.1, run as production runs it.
+
+    Raft listens on ``raft_bind`` (default: ``raft_address``, a loopback address), never on every
+    interface: pysyncobj would otherwise bind 0.0.0.0 and expose the node to the network.
+    """
     return [
         python,
         *NODE_PYTHON_FLAGS,
@@ -52,6 +62,8 @@ def serve_command(
         "serve",
         "--raft-address",
         raft_address,
+        "--raft-bind",
+        raft_bind or raft_address,
         "--peers",
         ",".join(peers),
         "--http-host",
@@ -106,6 +118,9 @@ class LocalCluster:
     env: Mapping[str, str] = field(default_factory=dict)
     log_dir: str | None = None
     python: str = sys.executable
+    # The cluster's Raft password (unless ``env`` sets SLIMSCHED_RAFT_PASSWORD): nodes run as in
+    # production, where a node without one refuses to start.
+    raft_password: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     @staticmethod
     def create(
@@ -145,19 +160,21 @@ class LocalCluster:
 
     def _command(self, node: LocalNode) -> list[str]:
         peers = [n.raft_address for n in self.nodes]
-        return serve_command(self.python, node.raft_address, peers, node.http_port, node.data_dir)
+        return serve_command(
+            self.python, node.raft_address, peers, node.http_port, node.data_dir, node.raft_bind
+        )
 
     def start(self, index: int | None = None) -> None:
         for node in self.nodes if index is None else [self.nodes[index]]:
             if node.running:
                 continue
             env = {**os.environ, **self.env}
+            if "SLIMSCHED_RAFT_PASSWORD" not in self.env:
+                env["SLIMSCHED_RAFT_PASSWORD"] = self.raft_password
             if self.jobs_configuration is not None:
                 env["SLIMSCHED_JOBS_CONFIGURATION"] = self.jobs_configuration
             if node.backup_dir is not None:
                 env["SLIMSCHED_BACKUP_DIR"] = node.backup_dir
-            if node.raft_bind is not None:
-                env["SLIMSCHED_RAFT_BIND"] = node.raft_bind
             os.makedirs(node.data_dir, exist_ok=True)
             out: Any = subprocess.DEVNULL
             if self.log_dir is not None:

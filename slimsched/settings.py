@@ -30,6 +30,7 @@ ENV_VARS: frozenset[str] = frozenset(
         "SLIMSCHED_NAMESPACE",
         "SLIMSCHED_DATA_DIR",
         "SLIMSCHED_RAFT_PASSWORD",
+        "SLIMSCHED_RAFT_NETWORK_PRIVATE",
         "SLIMSCHED_JOBS_CONFIGURATION",
         "SLIMSCHED_JOBS_CONFIGURATION_FILE",
         "SlimFaas__JobsConfiguration",
@@ -83,6 +84,8 @@ class Settings:
     http_port: int = 5000
     data_dir: str = "data"
     raft_password: str | None = None
+    # Only trusted hosts can reach the Raft port: a node may then run without a password.
+    raft_network_private: bool = False
     jobs_configuration: str | None = None
     backup_dir: str | None = None
     backup_interval_seconds: float = 60.0
@@ -107,6 +110,21 @@ class Settings:
     @property
     def node_id(self) -> str:
         return self.raft_address
+
+    def require_raft_security(self) -> None:
+        """Refuse to run Raft without a password unless the network was declared private.
+
+        pysyncobj unpickles every frame it receives: without a password, whoever reaches the Raft
+        port runs code in the node (issue 16). With one, every frame is authenticated (Fernet)
+        before it is unpickled. Called by the entry point, not by ``from_env``: tests and tools
+        that only read settings need no password.
+        """
+        if self.raft_password is None and not self.raft_network_private:
+            raise ConfigError(
+                "SLIMSCHED_RAFT_PASSWORD is not set: set it (the same secret on every node), or set "
+                "SLIMSCHED_RAFT_NETWORK_PRIVATE=true if only trusted hosts can reach the Raft port "
+                "(without a password, anyone who can reach it can run code in the node)"
+            )
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -146,6 +164,7 @@ class Settings:
             http_port=_int(e, "SLIMSCHED_HTTP_PORT", 5000),
             data_dir=e.get("SLIMSCHED_DATA_DIR", "data"),
             raft_password=e.get("SLIMSCHED_RAFT_PASSWORD") or None,
+            raft_network_private=_bool(e, "SLIMSCHED_RAFT_NETWORK_PRIVATE"),
             jobs_configuration=_jobs_configuration(e),
             backup_dir=e.get("SLIMSCHED_BACKUP_DIR") or e.get("SlimData__BackupDirectory") or None,
             backup_interval_seconds=_float(
@@ -211,6 +230,15 @@ def _pod_namespace() -> str | None:
 
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in raw.split(",") if x.strip())
+
+
+def _bool(e: Mapping[str, str], name: str) -> bool:
+    raw = e.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"{name} must be true or false, got {e[name]!r}")
 
 
 def _int(e: Mapping[str, str], name: str, default: int) -> int:

@@ -45,6 +45,26 @@ def _children(pid: int) -> list[int]:
         return [int(p) for p in f.read().split()]
 
 
+def _is_node(pid: int) -> bool:
+    return b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(e.decode(errors="replace").split("=", 1) for e in raw if b"=" in e)
+
+
+def _listeners(base: int, count: int) -> set[tuple[str, int]]:
+    """(IPv4 address, port) of the listening sockets on ports base .. base + count - 1."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, port = local.split(":")
+        if state == "0A" and base <= int(port, 16) < base + count:
+            found.add((socket.inet_ntoa(bytes.fromhex(addr)[::-1]), int(port, 16)))
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -78,6 +98,10 @@ def test_local_cluster_dispatches_runs_with_optimized_nodes_and_stops_on_sigterm
         ]
         assert len(node_cmdlines) == 3
         assert all(cmd[1] == b"-OO" for cmd in node_cmdlines), node_cmdlines  # as the image runs them
+        # Raft on loopback only, with one generated password shared by the cluster's nodes.
+        assert _listeners(raft, 3) == {("127.0.0.1", raft + i) for i in range(3)}
+        passwords = {_environ(c).get("SLIMSCHED_RAFT_PASSWORD") for c in children if _is_node(c)}
+        assert len(passwords) == 1 and len(passwords.pop() or "") >= 32
 
         status, body = request(f"{urls[1]}/job/fibonacci", "POST", {"Args": ["10"]})
         assert status == 202, body

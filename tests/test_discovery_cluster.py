@@ -53,6 +53,7 @@ def test_pods_discover_each_other_from_ordinal_and_replica_count(tmp_path: Path)
                 "SLIMSCHED_DATA_DIR": str(tmp_path / f"n{i}"),
                 "SLIMSCHED_JOBS_CONFIGURATION": DEMO_JOBS_CONFIGURATION,
                 "SLIMSCHED_KUBE_MODE": "none",
+                "SLIMSCHED_RAFT_PASSWORD": "discovery-test-password",  # as the StatefulSet sets it
             }
             procs.append(
                 subprocess.Popen(
