@@ -147,14 +147,20 @@ async def _body(request: web.Request, *, empty_ok: bool) -> Any:
         raise BadRequest("invalid_json", f"the request body is not valid JSON: {e}") from e
 
 
+async def _in_cluster(request: web.Request) -> bool:
+    """Whether the caller counts as inside the cluster (what Private jobs require)."""
+    ctx = request.app[CTX]
+    caller = ctx.access.caller(request.remote, request.headers.get("X-Forwarded-For"))
+    return ctx.access.in_cluster(caller) or (
+        caller is not None and ctx.access.in_cluster(caller, await ctx.pod_ips())
+    )
+
+
 async def _check_visibility(request: web.Request, name: str) -> None:
     ctx = request.app[CTX]
     if jobconfig.visibility_of(ctx.jobs, name) is Visibility.PUBLIC:
         return
-    caller = ctx.access.caller(request.remote, request.headers.get("X-Forwarded-For"))
-    if ctx.access.in_cluster(caller) or (
-        caller is not None and ctx.access.in_cluster(caller, await ctx.pod_ips())
-    ):
+    if await _in_cluster(request):
         return
     raise Forbidden(
         "private_job", f"job {name!r} is Private: it accepts requests only from inside the cluster"
@@ -278,6 +284,51 @@ async def schedule_ticks(request: web.Request) -> web.Response:
     if ticks is None:
         raise NotFound("not_found", f"no schedule {schedule_id} for job {name}")
     return _json(ticks)
+
+
+# -- the job catalog (for the web view and the CLI client) --------------------------------------
+
+
+async def list_all_jobs(request: web.Request) -> web.Response:
+    """Every job known: configured, discovered, or holding runs or schedules, with its counts.
+
+    A Private job seen from outside the cluster is listed by name and visibility only, with
+    ``Accessible`` false: its routes answer 403 to that caller, as they do everywhere else.
+    """
+    ctx = request.app[CTX]
+    inside = await _in_cluster(request)
+
+    def read(state: State) -> dict[str, tuple[int, int, int, int]]:
+        names = set(state.job_runs) | set(state.job_schedules)
+        names |= {n for n in ctx.jobs.configurations if n != jobconfig.DEFAULT_JOB}
+        return {
+            n: (
+                len(state.queued.get(n, {})),
+                state.active.get(n, 0),
+                len(state.job_runs.get(n, {})),
+                len(state.job_schedules.get(n, {})),
+            )
+            for n in names
+        }
+
+    out: list[dict[str, Any]] = []
+    for name, (queued, active, runs, schedules) in sorted(ctx.raft.read(read).items()):
+        config = ctx.jobs.job(name)
+        item: dict[str, Any] = {"Name": name, "Visibility": config.visibility.value}
+        if config.visibility is Visibility.PUBLIC or inside:
+            item.update(
+                Accessible=True,
+                Image=config.image,
+                NumberParallelJob=config.number_parallel_job,
+                Queued=queued,
+                Active=active,
+                Runs=runs,
+                Schedules=schedules,
+            )
+        else:
+            item["Accessible"] = False
+        out.append(item)
+    return _json(out)
 
 
 # -- schedule actions: trigger now, backfill, next fire times (slimsched.actions) ---------------
@@ -588,6 +639,7 @@ ROUTES: tuple[Route, ...] = (
     ("POST", "/job-schedules/{name}/{id}/backfill", backfill_schedule),
     ("GET", "/job-schedules/{name}/{id}/next", schedule_next),
     ("GET", "/schedule-preview", schedule_preview),
+    ("GET", "/jobs", list_all_jobs),
     ("POST", "/job/{name}", post_job),
     ("GET", "/job/{name}", list_jobs),
     ("DELETE", "/job/{name}/{id}", delete_job),

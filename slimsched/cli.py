@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from slimsched import jobconfig
+from slimsched import client, jobconfig
 from slimsched.democonfig import DEMO_JOBS_CONFIGURATION
 from slimsched.discovery import local_peers
 from slimsched.errors import ConfigError
@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
         help="fault-injection run of a local cluster with an invariant checker (slimsched chaos --help)",
     )
+
+    # The client: get, trigger, logs, pause, resume, backfill (slimsched/client.py).
+    client.add_subcommands(sub, os.environ.get("SLIMSCHED_SERVER", client.DEFAULT_SERVER))
 
     backup = sub.add_parser("backup", help="check or restore a schedule backup file (see backup/RUNBOOK.md)")
     backup_sub = backup.add_subparsers(dest="backup_command", required=True)
