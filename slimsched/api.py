@@ -10,19 +10,19 @@ with a traceback.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import importlib.resources
 import logging
 import re
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from slimsched import actions, codec, cronplan, ids, jobconfig
+from slimsched import actions, codec, cronplan, ids, jobconfig, paging, views
 from slimsched.access import AccessPolicy
 from slimsched.errors import ApiError, BadRequest, Conflict, Forbidden, KubeError, NotFound, Unavailable
 from slimsched.jobmanifest import kube_job_name, run_selector
@@ -185,36 +185,29 @@ async def _submit(ctx: ApiContext, kind: str, **fields: Any) -> Result:
     return _raise_for(await ctx.raft.submit(encode_command(kind, rid=ctx.new_id(), **fields)))
 
 
-def _iso(epoch_s: int | None) -> str | None:
-    if epoch_s is None:
-        return None
-    return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat().replace("+00:00", "Z")
+def _paged(
+    items: list[Any],
+    keys: list[paging.Key],
+    start: int,
+    req: paging.PageRequest,
+    scope: str,
+    request: web.Request,
+) -> tuple[list[Any], dict[str, str] | None]:
+    """The page of ``items`` (in list order, ``keys`` their sort keys) from ``start``, with its
+    continue headers when more remain (none without ``?limit``: SlimFaas's bare list)."""
+    begin, end = paging.window(len(items), start, req.limit)
+    if end >= len(items) or end == begin:
+        return items[begin:end], None
+    token = paging.encode_token(scope, keys[end - 1])
+    nxt = request.rel_url.update_query({"limit": str(req.limit), "continue": token})
+    return items[begin:end], {
+        "X-Continue": token,
+        "X-Remaining-Item-Count": str(len(items) - end),
+        "Link": f'<{nxt}>; rel="next"',
+    }
 
 
 # -- schedules -----------------------------------------------------------------------------------
-
-
-def schedule_view(s: Schedule, last_fired: int | None, now_s: int) -> dict[str, Any]:
-    next_fire: int | None = None
-    if not s.paused:
-        try:
-            next_fire = cronplan.next_fire(s.cron, s.time_zone, max(now_s, last_fired or 0))
-        except ValueError:
-            next_fire = None
-    overrides = codec.overrides_to_dict(s.overrides)
-    return {
-        "Id": s.id,
-        "Name": s.job_name,
-        "Schedule": s.cron,
-        "Args": overrides.pop("Args", []),
-        **overrides,
-        "TimeZone": s.time_zone,
-        "ConcurrencyPolicy": s.concurrency_policy.value,
-        "StartingDeadlineSeconds": s.starting_deadline_seconds,
-        "Paused": s.paused,
-        "LastFiredTime": _iso(last_fired),
-        "NextFireTime": _iso(next_fire),
-    }
 
 
 async def post_schedule(request: web.Request) -> web.Response:
@@ -228,18 +221,48 @@ async def post_schedule(request: web.Request) -> web.Response:
 
 
 async def list_schedules(request: web.Request) -> web.Response:
+    """The job's schedules in creation order (as SlimFaas's hash set lists them), optionally paged."""
     ctx, name = await _visible_job(request)
+    req = paging.parse(request.query, f"schedules/{name}")
     now_s = int(ctx.clock())
 
     def view(state: State) -> list[tuple[Schedule, int | None]]:
         return [(s, state.last_fired.get(s.id)) for s in state.schedules_of(name)]
 
-    return _json([schedule_view(s, last, now_s) for s, last in ctx.raft.read(view)])
+    found = ctx.raft.read(view)
+    if not req.paged:
+        found.sort(key=lambda pair: views.schedule_key(pair[0]))
+        return _json([views.schedule_view(s, last, now_s) for s, last in found])
+    found.sort(key=lambda pair: views.schedule_key(pair[0]))
+    keys = [views.schedule_key(s) for s, _ in found]
+    start = 0 if req.after is None else bisect.bisect_right(keys, req.after)
+    page, headers = _paged(found, keys, start, req, f"schedules/{name}", request)
+    return _json([views.schedule_view(s, last, now_s) for s, last in page], headers=headers)
+
+
+def _declared_refusal(ctx: ApiContext, name: str, schedule_id: str, verb: str) -> None:
+    """SlimFaas answers 404 for a schedule of the configuration (it is not in its API store);
+    we say why: the configuration owns it."""
+    s = ctx.raft.read(lambda state: state.schedules.get(schedule_id))
+    if s is None or s.job_name != name or s.source == "api":
+        return
+    where = (
+        "a CronJob's SlimFaas/Schedules annotation or spec"
+        if s.source == "cronjob"
+        else ("the Schedules of the job configuration (SlimFaas__JobsConfiguration)")
+    )
+    raise NotFound(
+        "declared_schedule",
+        f"schedule {schedule_id} of job {name} is declared by {where}; it cannot be {verb} through "
+        "the API: change the configuration instead",
+    )
 
 
 async def delete_schedule(request: web.Request) -> web.Response:
     ctx, name = await _visible_job(request)
-    await _submit(ctx, "delete_schedule", job_name=name, schedule_id=_id(request))
+    schedule_id = _id(request)
+    _declared_refusal(ctx, name, schedule_id, "deleted")
+    await _submit(ctx, "delete_schedule", job_name=name, schedule_id=schedule_id)
     return web.Response(status=204)
 
 
@@ -255,12 +278,13 @@ async def patch_schedule(request: web.Request) -> web.Response:
     paused = body.get("Paused")
     if not isinstance(paused, bool):
         raise BadRequest("invalid_field", "Paused must be true or false")
+    _declared_refusal(ctx, name, schedule_id, "paused or resumed")
     await _submit(ctx, "set_paused", job_name=name, schedule_id=schedule_id, paused=paused, at=ctx.now_ms())
     now_s = int(ctx.clock())
 
     def view(state: State) -> dict[str, Any] | None:
         s = state.schedules.get(schedule_id)
-        return schedule_view(s, state.last_fired.get(s.id), now_s) if s else None
+        return views.schedule_view(s, state.last_fired.get(s.id), now_s) if s else None
 
     found = ctx.raft.read(view)
     if found is None:
@@ -277,7 +301,8 @@ async def schedule_ticks(request: web.Request) -> web.Response:
         if s is None or s.job_name != name:
             return None
         return [
-            {**codec.tick_to_dict(t), "TickTime": _iso(t.tick)} for t in state.ledger.get(schedule_id, ())
+            {**codec.tick_to_dict(t), "TickTime": views.iso(t.tick)}
+            for t in state.ledger.get(schedule_id, ())
         ]
 
     ticks = ctx.raft.read(view)
@@ -411,7 +436,7 @@ async def backfill_schedule(request: web.Request) -> web.Response:
 
     def listed(key: str, with_run: bool = False) -> list[dict[str, Any]]:
         return [
-            {"Tick": t, "TickTime": _iso(t), **({"RunId": f"{s.id}-{t}"} if with_run else {})}
+            {"Tick": t, "TickTime": views.iso(t), **({"RunId": f"{s.id}-{t}"} if with_run else {})}
             for t in value.get(key, [])
         ]
 
@@ -461,28 +486,6 @@ async def schedule_preview(request: web.Request) -> web.Response:
 # -- runs ----------------------------------------------------------------------------------------
 
 
-def run_views(runs: list[Run]) -> list[dict[str, Any]]:
-    position = 0
-    out: list[dict[str, Any]] = []
-    for r in runs:
-        if r.status is RunStatus.QUEUED:
-            position += 1
-        out.append(
-            {
-                "Id": r.id,
-                "Name": r.kube_name,
-                "Status": (RunStatus.PENDING if r.status is RunStatus.DISPATCHING else r.status).value,
-                "PositionInQueue": position if r.status is RunStatus.QUEUED else -1,
-                "InQueueTimestamp": r.queued_at_ms,
-                "StartTimestamp": r.started_at_ms if r.started_at_ms is not None else -1,
-                "EndTimestamp": r.finished_at_ms if r.finished_at_ms is not None else -1,
-                "ScheduleId": r.schedule_id,
-                "Reason": r.reason,
-            }
-        )
-    return out
-
-
 async def post_job(request: web.Request) -> web.Response:
     ctx, name = await _visible_job(request)
     overrides = jobconfig.parse_overrides(await _body(request, empty_ok=True))
@@ -501,8 +504,32 @@ async def post_job(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
+    """The job's runs in SlimFaas's order, optionally paged (``?limit``, ``?continue``).
+
+    A page token names the last run served: its place among the runs that left the queue
+    (newest first), or its id in the queue; a queued run that left the queue meanwhile resumes
+    the next page at the head of the queue, so nothing still queued is skipped.
+    """
     ctx, name = await _visible_job(request)
-    return _json(run_views(ctx.raft.read(lambda s: s.runs_of(name))))
+    scope = f"runs/{name}"
+    req = paging.parse(request.query, scope)
+    runs, queue = ctx.raft.read(lambda s: (s.runs_of(name), s.queue_of(name)))
+    if not req.paged:
+        return _json(views.run_views(runs, queue))
+    ordered = views.ordered_runs(runs, queue)
+    started = len(ordered) - len(queue)
+    keys: list[paging.Key] = [views.started_key(r) for r in ordered[:started]]
+    keys += [(1, r.id) for r in queue]
+    after = req.after
+    if after is None:
+        start = 0
+    elif after[0] == 1:
+        start = next((i + 1 for i in range(started, len(ordered)) if keys[i] == after), started)
+    else:
+        start = bisect.bisect_right(keys, after, 0, started) if len(after) == 3 else 0
+    page, headers = _paged(ordered, keys, start, req, scope, request)
+    at = views.positions(queue)
+    return _json([views.run_view(r, at.get(r.id, -1)) for r in page], headers=headers)
 
 
 async def delete_job(request: web.Request) -> web.Response:
@@ -565,6 +592,33 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
         log.warning("following the log of pod %s stopped: %s", pod_name, e)
     await response.write_eof()
     return response
+
+
+# -- GET /jobs/status (SlimFaas's JobStatusEndpoints.cs, read by its UI's useJobStatus.ts) ---------
+
+
+async def jobs_status(request: web.Request) -> web.Response:
+    """Every configured job (``Default`` included, as SlimFaas lists it) with its schedules and
+    the runs it has in Kubernetes, in SlimFaas's JobConfigurationStatus shape: NextExecutionTimestamp
+    in Unix seconds (Cron.cs), InQueueTimestamp/StartTimestamp in .NET ticks. Private jobs are
+    listed only to callers inside the cluster (SlimFaas lists them to anyone)."""
+    ctx = request.app[CTX]
+    jobs = ctx.jobs
+    inside = await _in_cluster(request)
+    names = [n for n, c in jobs.configurations.items() if inside or c.visibility is Visibility.PUBLIC]
+    now_s = int(ctx.clock())
+
+    def view(state: State) -> dict[str, tuple[list[tuple[Schedule, int | None]], list[Run]]]:
+        return {
+            n: (
+                [(sc, state.last_fired.get(sc.id)) for sc in state.schedules_of(n)],
+                [r for r in state.runs_of(n) if r.status.active],
+            )
+            for n in names
+        }
+
+    found = ctx.raft.read(view)
+    return _json([views.job_status(n, jobs.configurations[n], *found[n], now_s) for n in names])
 
 
 # -- operations ----------------------------------------------------------------------------------
@@ -644,6 +698,8 @@ ROUTES: tuple[Route, ...] = (
     ("GET", "/job/{name}", list_jobs),
     ("DELETE", "/job/{name}/{id}", delete_job),
     ("GET", "/job/{name}/{id}/logs", job_logs),
+    ("GET", "/jobs/status", jobs_status),
+    ("GET", "/status-jobs", jobs_status),
     ("GET", "/health", health),
     ("GET", "/ready", ready),
     ("GET", "/status", cluster_status),

@@ -65,6 +65,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from slimsched import codec
 from slimsched.cronplan import MAX_MISSED_RECORDED
 from slimsched.emulator import EmulatorThread
 from slimsched.jobmanifest import kube_job_name
@@ -1198,7 +1199,9 @@ class Harness:
                     ledger = await self.get_ok(index, f"/job-schedules/{job}/{s['Id']}/ticks")
                     snap.ledgers[str(s["Id"])] = list(ledger or [])
             for r in await self.get_ok(index, f"/job/{job}") or []:
-                snap.runs[str(r["Id"])] = {**r, "Job": job}
+                # The API serves SlimFaas's .NET ticks; the checker compares milliseconds.
+                queued_ms = codec.epoch_ms_of_dotnet_ticks(int(r["InQueueTimestamp"]))
+                snap.runs[str(r["Id"])] = {**r, "InQueueTimestamp": queued_ms, "Job": job}
         return snap
 
 

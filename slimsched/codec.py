@@ -404,3 +404,19 @@ def _str_map(v: Any) -> dict[str, str]:
     if not isinstance(v, dict):
         raise ValueError(f"expected an object, got {type(v).__name__}")
     return {_str(k): _str(x) for k, x in v.items()}
+
+
+# -- SlimFaas's timestamp unit ---------------------------------------------------------------------
+
+# .NET DateTime ticks (100 ns since 0001-01-01 UTC) at the Unix epoch. SlimFaas stamps runs with
+# DateTime.UtcNow.Ticks (JobService.cs, KubernetesService.Jobs.cs) and serves them as such.
+DOTNET_TICKS_AT_EPOCH = 621_355_968_000_000_000
+
+
+def dotnet_ticks(epoch_ms: int) -> int:
+    """Milliseconds since the Unix epoch as .NET ``DateTime.Ticks``, SlimFaas's timestamp unit."""
+    return DOTNET_TICKS_AT_EPOCH + epoch_ms * 10_000
+
+
+def epoch_ms_of_dotnet_ticks(ticks: int) -> int:
+    return (ticks - DOTNET_TICKS_AT_EPOCH) // 10_000
