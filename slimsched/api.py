@@ -22,10 +22,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from slimsched import actions, codec, cronplan, ids, jobconfig, paging, views
+from slimsched import actions, codec, cronplan, ids, jobconfig, jobnames, paging, views
 from slimsched.access import AccessPolicy
 from slimsched.errors import ApiError, BadRequest, Conflict, Forbidden, KubeError, NotFound, Unavailable
 from slimsched.jobmanifest import kube_job_name, run_selector
+from slimsched.jsonfields import Note, collecting
 from slimsched.kube import KubeClient
 from slimsched.metrics import Metrics
 from slimsched.model import Run, RunStatus, Schedule, Visibility
@@ -34,8 +35,7 @@ from slimsched.statemachine import Result, State, encode_command, fingerprint
 
 log = logging.getLogger(__name__)
 
-MAX_JOB_NAME = 40
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_JOB_NAME = jobnames.MAX_JOB_NAME_LENGTH
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -64,6 +64,8 @@ class ApiContext:
     metrics: Metrics = field(default_factory=Metrics)
     kube: KubeClient | None = None
     extra_routes: tuple[Route, ...] = ()
+    strict: bool = False
+    """Strict mode (``SLIMSCHED_STRICT``): every adjustment of a request is a 400 instead of a Warning."""
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -117,14 +119,48 @@ async def errors_middleware(
 # -- request helpers -----------------------------------------------------------------------------
 
 
-def _job_name(request: web.Request) -> str:
-    name = request.match_info["name"]
-    if len(name) > MAX_JOB_NAME or not _DNS_LABEL.match(name):
+WARNINGS_KEY: web.RequestKey[list[str]] = web.RequestKey("warnings", list)
+_WARN_TEXT_MAX = 512
+
+
+def warning_header(message: str) -> str:
+    """A ``Warning`` value as kube-apiserver writes them: ``299 - "text"``, printable ASCII, escaped."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in message)[:_WARN_TEXT_MAX]
+    return '299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _adjusted(request: web.Request, notes: list[Note]) -> None:
+    """Report what slimsched changed in this request: Warning headers and /metrics, or a 400 if strict."""
+    if not notes:
+        return
+    ctx = request.app[CTX]
+    if ctx.strict:
         raise BadRequest(
-            "invalid_name",
-            f"job name {name!r} must be a DNS-1123 label (lowercase letters, digits and '-', "
-            f"starting and ending with a letter or digit) of at most {MAX_JOB_NAME} characters",
+            notes[0].code,
+            "strict mode refuses a request slimsched would otherwise adjust: "
+            + " ".join(n.message for n in notes),
         )
+    for n in notes:
+        ctx.metrics.adjustments.labels(code=n.code).inc()
+    if WARNINGS_KEY not in request:
+        request[WARNINGS_KEY] = []
+    request[WARNINGS_KEY].extend(n.message for n in notes)
+
+
+async def _add_warnings(request: web.Request, response: web.StreamResponse) -> None:
+    for message in request.get(WARNINGS_KEY, ()):
+        response.headers.add("Warning", warning_header(message))
+
+
+def _job_name(request: web.Request) -> str:
+    """The job name of the path, lowercased as SlimFaas does (with a Warning when that changed it)."""
+    raw = request.match_info["name"]
+    name = jobnames.normalize_job_name(raw)
+    if not jobnames.is_job_name(name):
+        raise BadRequest("invalid_name", f"job name {raw!r} must be {jobnames.job_name_rule()}")
+    if name != raw:
+        lowered = Note("name_lowercased", "", f"job name {raw!r} read as {name!r}, as SlimFaas does")
+        _adjusted(request, [lowered])
     return name
 
 
@@ -212,9 +248,12 @@ def _paged(
 
 async def post_schedule(request: web.Request) -> web.Response:
     ctx, name = await _visible_job(request)
-    req = jobconfig.parse_schedule_request(await _body(request, empty_ok=False))
-    cronplan.validate(req.schedule, req.time_zone)
-    jobconfig.merge(ctx.jobs.job(name), req.overrides)  # validated now, merged again at each tick
+    body = await _body(request, empty_ok=False)
+    with collecting() as notes:
+        req = jobconfig.parse_schedule_request(body)
+        cronplan.validate(req.schedule, req.time_zone)
+        jobconfig.merge(ctx.jobs.job(name), req.overrides)  # validated now, merged again at each tick
+    _adjusted(request, notes)
     schedule = req.to_schedule(id=ctx.new_id(), job_name=name, created_at_ms=ctx.now_ms())
     await _submit(ctx, "create_schedule", schedule=codec.schedule_to_dict(schedule))
     return _json({"Id": schedule.id}, 201)
@@ -488,8 +527,10 @@ async def schedule_preview(request: web.Request) -> web.Response:
 
 async def post_job(request: web.Request) -> web.Response:
     ctx, name = await _visible_job(request)
-    overrides = jobconfig.parse_overrides(await _body(request, empty_ok=True))
-    spec = jobconfig.merge(ctx.jobs.job(name), overrides)
+    body = await _body(request, empty_ok=True)
+    with collecting() as notes:
+        spec = jobconfig.merge(ctx.jobs.job(name), jobconfig.parse_overrides(body))
+    _adjusted(request, notes)
     run_id = ctx.new_id()
     run = Run(
         id=run_id,
@@ -654,6 +695,7 @@ async def cluster_status(request: web.Request) -> web.Response:
         "Peers": list(s.peers),
         "ConnectedPeers": list(s.connected_peers),
         "Schedules": ctx.raft.read(lambda st: len(st.schedules)),
+        "ConfigurationNotes": [n.message for n in ctx.jobs.notes],
     }
     if request.query.get("hash") in ("1", "true"):
         state = ctx.raft.read(lambda st: st.copy())
@@ -711,6 +753,7 @@ ROUTES: tuple[Route, ...] = (
 def create_app(ctx: ApiContext) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=ctx.max_body_bytes)
     app[CTX] = ctx
+    app.on_response_prepare.append(_add_warnings)
     for method, path, handler in (*ROUTES, *ctx.extra_routes):
         app.router.add_route(method, path, handler)
     return app

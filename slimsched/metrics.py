@@ -46,6 +46,12 @@ class Metrics:
         self.dispatch_errors = Counter(
             "slimsched_dispatch_errors", "Failed attempts to create or inspect Kubernetes Jobs", registry=r
         )
+        self.adjustments = Counter(
+            "slimsched_request_adjustments",
+            "Requests adjusted as SlimFaas adjusts them (each also a Warning header), by kind",
+            ["code"],
+            registry=r,
+        )
         self.queue_depth = Gauge("slimsched_queue_depth", "Runs waiting in the queue", registry=r)
         self.active_runs = Gauge("slimsched_active_runs", "Runs dispatched and not finished", registry=r)
         self.schedules = Gauge("slimsched_schedules", "Schedules in the replicated state", registry=r)

@@ -83,6 +83,8 @@ class Node:
     backups: Backups | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        for note in self.jobs.notes:
+            log.warning("jobs configuration: %s", note.message)
         self.metrics = Metrics()
         self.kube = make_kube(self.settings)
         self.raft = RaftNode(self.settings)
@@ -130,6 +132,7 @@ class Node:
             metrics=self.metrics,
             pod_ips=self._pod_ips,
             kube=self.kube,
+            strict=s.strict,
         )
         ctx.extra_routes = admin_routes(self.raft, ctx.access)  # POST /admin/restore
         self._ctx = ctx
@@ -176,8 +179,10 @@ class Node:
                 log.warning("listing CronJobs failed: %s", e)
             else:
                 if combined != current:
+                    for note in set(combined.notes) - set(current.notes if current else self.jobs.notes):
+                        log.warning("CronJob discovery: %s", note.message)
                     current = combined
-                    discovered = frozenset(combined.configurations.keys() - self.jobs.configurations.keys())
+                    discovered = combined.from_cronjobs
                     if self._ctx is not None:
                         self._ctx.jobs = combined
                     self.leader.jobs_changed(combined, discovered)

@@ -48,6 +48,7 @@ ENV_VARS: frozenset[str] = frozenset(
         "SLIMSCHED_CRONJOB_REFRESH_SECONDS",
         "KUBECONFIG",
         "SLIMSCHED_LOG_LEVEL",
+        "SLIMSCHED_STRICT",
         "SLIMSCHED_TEST_BREAK_FIRE_DEDUP",
         "SLIMSCHED_TEST_COMMAND_LEVEL",
     }
@@ -99,6 +100,9 @@ class Settings:
     cronjob_refresh_seconds: float = 30.0
     kubeconfig: str | None = None
     log_level: str = "INFO"
+    # Strict mode: a request slimsched would adjust as SlimFaas does (a resource capped, an unknown
+    # field ignored, a name lowercased) is refused with 400 instead of answered with a Warning.
+    strict: bool = False
     # Test only (slimsched chaos proves its checker can fail): skip the FireTick duplicate check.
     test_break_fire_dedup: bool = False
     # Test only (a rolling upgrade without an old build): apply and announce as a node of the
@@ -182,10 +186,18 @@ class Settings:
             cronjob_refresh_seconds=_float(e, "SLIMSCHED_CRONJOB_REFRESH_SECONDS", 30.0),
             kubeconfig=e.get("KUBECONFIG") or None,
             log_level=e.get("SLIMSCHED_LOG_LEVEL", "INFO"),
+            strict=_strict(e),
             test_break_fire_dedup=e.get("SLIMSCHED_TEST_BREAK_FIRE_DEDUP") == "1",
             test_command_level=_command_level(e),
             timings=RaftTimings(log_compaction_min_entries=_compaction_entries(e)),
         )
+
+
+def _strict(e: Mapping[str, str]) -> bool:
+    raw = e.get("SLIMSCHED_STRICT", "false").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise ConfigError(f"SLIMSCHED_STRICT must be true or false, got {raw!r}")
+    return raw in ("true", "1", "yes")
 
 
 def _command_level(e: Mapping[str, str]) -> int:

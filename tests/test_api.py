@@ -76,6 +76,9 @@ async def test_empty_trigger_body_uses_configuration(api: ApiHarness) -> None:
     assert status == 202, body
 
 
+# Issue 17 moved unknown fields, resources over the configuration, a raised BackoffLimit, and
+# uppercase or '_' names out of this list: SlimFaas accepts them, so slimsched answers with a
+# Warning header (tests/test_compat_requests.py), or a 400 in strict mode.
 BAD: list[tuple[str, str, str, Any, bytes | None, int, str]] = [
     # id, method, path, json body, raw body, status, error code
     ("invalid-json", "POST", SCHEDULES, None, b"{not json", 400, "invalid_json"),
@@ -104,7 +107,6 @@ BAD: list[tuple[str, str, str, Any, bytes | None, int, str]] = [
         400,
         "invalid_field",
     ),
-    ("unknown-field", "POST", SCHEDULES, {"Schedule": "* * * * *", "Bogus": 1}, None, 400, "unknown_field"),
     (
         "image-not-whitelisted",
         "POST",
@@ -115,24 +117,6 @@ BAD: list[tuple[str, str, str, Any, bytes | None, int, str]] = [
         "image_not_allowed",
     ),
     (
-        "image-whitelisted-wildcard-ok-but-cpu-over",
-        "POST",
-        "/job/fibonacci",
-        {"Image": "axaguildev/fibonacci-batch:2", "Resources": {"Limits": {"cpu": "2"}}},
-        None,
-        400,
-        "resource_over_limit",
-    ),
-    (
-        "memory-over-limit",
-        "POST",
-        "/job/fibonacci",
-        {"Resources": {"Requests": {"memory": "1Gi"}}},
-        None,
-        400,
-        "resource_over_limit",
-    ),
-    (
         "bad-quantity",
         "POST",
         "/job/fibonacci",
@@ -141,13 +125,11 @@ BAD: list[tuple[str, str, str, Any, bytes | None, int, str]] = [
         400,
         "invalid_quantity",
     ),
-    ("backoff-raised", "POST", "/job/fibonacci", {"BackoffLimit": 5}, None, 400, "over_limit"),
     ("negative-backoff", "POST", "/job/fibonacci", {"BackoffLimit": -1}, None, 400, "invalid_field"),
     ("bool-as-int", "POST", "/job/fibonacci", {"BackoffLimit": True}, None, 400, "invalid_field"),
     ("unknown-job-needs-image", "POST", "/job/unknown-job", {}, None, 400, "image_required"),
-    ("name-uppercase", "POST", "/job/Fibonacci", {}, None, 400, "invalid_name"),
     ("name-too-long", "POST", "/job/" + "a" * 41, {}, None, 400, "invalid_name"),
-    ("name-underscore", "GET", "/job-schedules/bad_name", None, None, 400, "invalid_name"),
+    ("name-dot", "GET", "/job-schedules/bad.name", None, None, 400, "invalid_name"),
     ("patch-paused-wrong-type", "PATCH", SCHEDULES + "/x", {"Paused": "yes"}, None, 400, "invalid_field"),
     ("patch-unknown-field", "PATCH", SCHEDULES + "/x", {"Schedule": "* * * * *"}, None, 400, "unknown_field"),
     ("patch-unknown-id", "PATCH", SCHEDULES + "/x", {"Paused": True}, None, 404, "not_found"),

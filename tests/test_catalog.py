@@ -14,10 +14,11 @@ import pytest
 from slimsched import catalog, jobconfig
 from slimsched.emulator import EmulatorThread
 from slimsched.localcluster import LocalCluster
-from slimsched.model import RestartPolicy, Visibility
+from slimsched.model import Resources, RestartPolicy, Visibility
 from tests.helpers import request, wait_until
 
-# The CronJob of SlimFaas's documentation (demo/deployment-cron.yaml), as JSON.
+# The CronJob of SlimFaas's documentation (SlimFaas: demo/deployment-cron.yaml, docs/jobs.md 2.3),
+# as JSON, with an env added.
 CRONJOB: dict[str, Any] = {
     "apiVersion": "batch/v1",
     "kind": "CronJob",
@@ -28,6 +29,7 @@ CRONJOB: dict[str, Any] = {
             "SlimFaas/DefaultVisibility": "Public",
             "SlimFaas/NumberParallelJob": "1",
             "SlimFaas/DependsOn": "fibonacci1,fibonacci2",
+            "SlimFaas/Schedules": '[{"Schedule":"*/2 * * * *","Args":["39"]}]',
         },
     },
     "spec": {
@@ -82,7 +84,9 @@ def test_slimfaas_demo_cronjob_maps_to_a_job() -> None:
         ("PLAIN", "1", None),
         ("TOKEN", None, "k"),
     ]
-    assert found.schedule is not None and found.schedule.schedule == "0 0 * * *"
+    # Issue 17: the SlimFaas/Schedules annotation declares the schedules; the suspended CronJob's
+    # own spec.schedule ("0 0 * * *") does not fire, as in SlimFaas.
+    assert [(s.schedule, s.overrides.args) for s in found.schedules] == [("*/2 * * * *", ("39",))]
 
 
 @pytest.mark.parametrize(
@@ -103,12 +107,13 @@ def test_cronjobs_that_are_not_slimfaas_jobs_are_ignored(change: Any, expected: 
 @pytest.mark.parametrize(
     "change",
     [
-        lambda cj: cj["metadata"]["annotations"].update({"SlimFaas/NumberParallelJob": "two"}),
         lambda cj: cj["metadata"]["annotations"].update({"SlimFaas/DefaultVisibility": "Internal"}),
         lambda cj: cj["spec"]["jobTemplate"]["spec"]["template"]["spec"].update(containers=[]),
-        lambda cj: cj["metadata"].update(name="Upper_Case"),
+        lambda cj: cj["metadata"].update(name="fib.v2"),
+        lambda cj: cj["spec"]["jobTemplate"]["spec"].update(backoffLimit="x"),
+        lambda cj: cj["spec"]["jobTemplate"]["spec"]["template"]["spec"].update(restartPolicy="Always"),
     ],
-    ids=["bad-parallel", "bad-visibility", "no-container", "bad-name"],
+    ids=["bad-visibility", "no-container", "bad-name", "bad-backoff", "bad-restart-policy"],
 )
 def test_malformed_annotated_cronjobs_are_refused_with_a_reason(change: Any) -> None:
     cj = copy.deepcopy(CRONJOB)
@@ -119,13 +124,119 @@ def test_malformed_annotated_cronjobs_are_refused_with_a_reason(change: Any) -> 
     assert "fibonacci5" not in catalog.combine(jobconfig.JobsConfiguration(), [cj]).configurations
 
 
-def test_configuration_wins_over_a_cronjob_of_the_same_name() -> None:
+def test_a_cronjob_wins_over_the_configuration_of_the_same_name() -> None:
+    """SlimFaas: src/SlimFaas/Jobs/JobConfiguration.cs::MergeJobConfigurations (CronJobs merged last).
+
+    Issue 17 changed this (the configuration used to win): a job and its schedules declared by a
+    CronJob replace the configured ones of that name; schedules of other names stay.
+    """
     base = jobconfig.parse_jobs_configuration(
-        orjson.dumps({"Configurations": {"fibonacci5": {"Image": "mine:1"}}}).decode()
+        orjson.dumps(
+            {
+                "Configurations": {"fibonacci5": {"Image": "mine:1"}, "other": {"Image": "o:1"}},
+                "Schedules": {"fibonacci5": [{"Schedule": "@daily"}], "other": [{"Schedule": "@hourly"}]},
+            }
+        ).decode()
     )
     combined = catalog.combine(base, [CRONJOB])
-    assert combined.job("fibonacci5").image == "mine:1"
-    assert "fibonacci5" not in combined.schedules
+    assert combined.job("fibonacci5").image == "axaguildev/fibonacci-batch:latest"
+    assert [s.schedule for s in combined.schedules["fibonacci5"]] == ["*/2 * * * *"]
+    assert [s.schedule for s in combined.schedules["other"]] == ["@hourly"]
+    assert combined.from_cronjobs == frozenset({"fibonacci5"})
+
+
+def test_slimfaas_defaults_for_a_cronjob_without_resources_or_ttl() -> None:
+    """100m/100Mi, TTL 60, backoff 1.
+
+    SlimFaas: src/SlimFaas/Kubernetes/KubernetesService.JobsConfiguration.cs::ExtractJobConfigurations.
+    """
+    cj = copy.deepcopy(CRONJOB)
+    job_spec = cj["spec"]["jobTemplate"]["spec"]
+    del job_spec["ttlSecondsAfterFinished"], job_spec["backoffLimit"]
+    del (
+        job_spec["template"]["spec"]["containers"][0]["resources"],
+        job_spec["template"]["spec"]["restartPolicy"],
+    )
+    found = catalog.cronjob_job(cj)
+    assert found is not None
+    c = found.config
+    assert c.resources == Resources(
+        requests={"cpu": "100m", "memory": "100Mi"}, limits={"cpu": "100m", "memory": "100Mi"}
+    )
+    assert (c.ttl_seconds_after_finished, c.backoff_limit, c.restart_policy) == (60, 1, RestartPolicy.NEVER)
+
+
+SCHEDULE_ANNOTATIONS: list[tuple[str, str, list[tuple[str, tuple[str, ...] | None]], list[str]]] = [
+    # SlimFaas: tests/SlimFaas.Tests/Kubernetes/ExtractJobConfigurationsTests.cs, the Schedules cases.
+    ("invalid-json", "NOT_VALID_JSON", [], ["invalid_annotation"]),
+    ("blank", "   ", [], []),
+    ("empty-array", "[]", [], []),
+    (
+        "several-multiline",
+        """[
+          { "Schedule": "0 6 * * *", "Args": ["a"] },
+          { "Schedule": "0 18 * * *", "Args": ["b"], "Unknown": 1 }
+        ]""",
+        [("0 6 * * *", ("a",)), ("0 18 * * *", ("b",))],
+        ["unknown_field"],
+    ),
+    ("not-an-array", '{"Schedule": "0 6 * * *"}', [], ["invalid_annotation"]),
+    ("wrong-type", '[{"Schedule": 6}]', [], ["invalid_annotation"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("annotation", "expected", "codes"),
+    [(a, e, c) for _, a, e, c in SCHEDULE_ANNOTATIONS],
+    ids=[i for i, *_ in SCHEDULE_ANNOTATIONS],
+)
+def test_schedules_annotation(
+    annotation: str, expected: list[tuple[str, tuple[str, ...] | None]], codes: list[str]
+) -> None:
+    cj = copy.deepcopy(CRONJOB)
+    cj["metadata"]["annotations"]["SlimFaas/Schedules"] = annotation
+    combined = catalog.combine(jobconfig.JobsConfiguration(), [cj])
+    assert "fibonacci5" in combined.configurations  # the job is kept whatever the annotation holds
+    got = [(s.schedule, s.overrides.args) for s in combined.schedules.get("fibonacci5", ())]
+    assert got == expected
+    assert [n.code for n in combined.notes] == codes
+
+
+def test_schedule_entries_inherit_from_the_cronjob() -> None:
+    """SlimFaas: tests/SlimFaas.Tests/Kubernetes/ExtractJobConfigurationsTests.cs.
+
+    'Schedules annotation inherits DependsOn from CronJob', '... with explicit image overrides job image'.
+    """
+    cj = copy.deepcopy(CRONJOB)
+    cj["metadata"]["annotations"]["SlimFaas/JobImagesWhitelist"] = "override:*"
+    cj["metadata"]["annotations"]["SlimFaas/Schedules"] = (
+        '[{"Schedule":"0 0 * * *","Args":[]},{"Schedule":"0 6 * * *","Args":[],"Image":"override:v2"}]'
+    )
+    combined = catalog.combine(jobconfig.JobsConfiguration(), [cj])
+    config = combined.job("fibonacci5")
+    inherited, own_image = (jobconfig.merge(config, s.overrides) for s in combined.schedules["fibonacci5"])
+    assert inherited.depends_on == ("fibonacci1", "fibonacci2")
+    assert (inherited.image, inherited.backoff_limit, inherited.ttl_seconds_after_finished) == (
+        "axaguildev/fibonacci-batch:latest",
+        1,
+        60,
+    )
+    assert own_image.image == "override:v2"
+
+
+def test_non_integer_parallel_annotation_counts_as_one_with_a_note() -> None:
+    cj = copy.deepcopy(CRONJOB)
+    cj["metadata"]["annotations"]["SlimFaas/NumberParallelJob"] = "two"
+    combined = catalog.combine(jobconfig.JobsConfiguration(), [cj])
+    assert combined.job("fibonacci5").number_parallel_job == 1
+    assert [n.code for n in combined.notes] == ["invalid_annotation"]
+
+
+def test_visibility_annotation_in_any_case() -> None:
+    cj = copy.deepcopy(CRONJOB)
+    cj["metadata"]["annotations"]["SlimFaas/DefaultVisibility"] = "public"
+    found = catalog.cronjob_job(cj)
+    assert found is not None and found.config.visibility is Visibility.PUBLIC
 
 
 def test_declared_schedule_ids_are_deterministic_and_content_derived() -> None:
@@ -147,7 +258,7 @@ def test_declared_schedule_ids_are_deterministic_and_content_derived() -> None:
         for s in catalog.declared_schedules(combined, discovered=frozenset({"fibonacci5"}), now_ms=1)
         if s.job_name == "fibonacci5"
     ]
-    assert [(s.source, s.cron) for s in from_cron] == [("cronjob", "0 0 * * *")]
+    assert [(s.source, s.cron) for s in from_cron] == [("cronjob", "*/2 * * * *")]
 
 
 JOBS = orjson.dumps(

@@ -20,6 +20,7 @@ from slimsched.jobconfig import (
     JobConfig,
     JobsConfiguration,
     ScheduleRequest,
+    collecting,
     merge,
     parse_jobs_configuration,
     parse_overrides,
@@ -139,9 +140,7 @@ BAD_OVERRIDES: list[tuple[str, object, str, str]] = [
     ("list-body", [], "invalid_body", "JSON object"),
     ("string-body", "x", "invalid_body", "JSON object"),
     ("null-body", None, "invalid_body", "JSON object"),
-    ("unknown-field", {"Imagee": "x"}, "unknown_field", "Imagee"),
-    ("schedule-in-trigger", {"Schedule": "* * * * *"}, "unknown_field", "Schedule"),
-    ("two-spellings", {"Image": "a", "image": "b"}, "duplicate_field", "Image"),
+    ("two-inexact-spellings", {"image": "a", "IMAGE": "b"}, "duplicate_field", "Image"),
     ("image-int", {"Image": 1}, "invalid_field", "Image"),
     ("args-string", {"Args": "42"}, "invalid_field", "Args"),
     ("args-int-item", {"Args": [42]}, "invalid_field", "Args[0]"),
@@ -149,7 +148,6 @@ BAD_OVERRIDES: list[tuple[str, object, str, str]] = [
     ("depends-on-item", {"DependsOn": [None]}, "invalid_field", "DependsOn[0]"),
     ("depends-on-bad-name", {"DependsOn": ["Not_A_Name"]}, "invalid_field", "DependsOn[0]"),
     ("resources-list", {"Resources": []}, "invalid_field", "Resources"),
-    ("resources-unknown", {"Resources": {"Request": {}}}, "unknown_field", "Resources.Request"),
     ("requests-list", {"Resources": {"Requests": ["cpu"]}}, "invalid_field", "Resources.Requests"),
     ("quantity-int", {"Resources": {"Limits": {"cpu": 1}}}, "invalid_field", "Resources.Limits.cpu"),
     ("quantity-bad", {"Resources": {"Limits": {"cpu": "1x"}}}, "invalid_quantity", "Resources.Limits.cpu"),
@@ -160,30 +158,11 @@ BAD_OVERRIDES: list[tuple[str, object, str, str]] = [
     ("env-no-name", {"Environments": [{"Value": "b"}]}, "missing_field", "Environments[0].Name"),
     ("env-empty-name", {"Environments": [{"Name": "", "Value": "b"}]}, "invalid_field", "Name"),
     ("env-name-equals", {"Environments": [{"Name": "A=B", "Value": "b"}]}, "invalid_field", "Name"),
-    ("env-no-source", {"Environments": [{"Name": "A"}]}, "invalid_field", "exactly one"),
-    (
-        "env-two-sources",
-        {"Environments": [{"Name": "A", "Value": "v", "FieldRef": {"FieldPath": "metadata.name"}}]},
-        "invalid_field",
-        "exactly one",
-    ),
     (
         "env-value-int",
         {"Environments": [{"Name": "A", "Value": 3}]},
         "invalid_field",
         "Environments[0].Value",
-    ),
-    (
-        "env-unknown-key",
-        {"Environments": [{"Name": "A", "Value": "v", "Optional": True}]},
-        "unknown_field",
-        "Environments[0].Optional",
-    ),
-    (
-        "env-duplicate-name",
-        {"Environments": [{"Name": "A", "Value": "1"}, {"Name": "A", "Value": "2"}]},
-        "invalid_field",
-        "Environments[1].Name",
     ),
     (
         "secret-ref-no-key",
@@ -358,6 +337,106 @@ def test_parse_overrides_tolerates(body: object, expected: JobOverrides) -> None
     assert parse_overrides(body) == expected
 
 
+# What SlimFaas accepts and reads one way, read the same way with a note saying how (the API's
+# Warning header). Each changed a 400 into this: issue 17 (SlimFaas's System.Text.Json ignores
+# unknown members and reads only the exact PascalCase name; its CreateJobAsync keeps the first
+# reference of an environment variable and sends a missing Value as an empty one).
+ADJUSTED_OVERRIDES: list[tuple[str, object, JobOverrides, list[tuple[str, str]]]] = [
+    (
+        "unknown-field",
+        {"Imagee": "x", "Args": ["1"]},
+        JobOverrides(args=("1",)),
+        [("unknown_field", "Imagee")],
+    ),
+    ("schedule-in-trigger", {"Schedule": "* * * * *"}, JobOverrides(), [("unknown_field", "Schedule")]),
+    (
+        "exact-spelling-wins",
+        {"image": "b", "Image": "a"},
+        JobOverrides(image="a"),
+        [("duplicate_field", "image")],
+    ),
+    (
+        "exact-spelling-wins-when-first",
+        {"Image": "a", "image": "b"},
+        JobOverrides(image="a"),
+        [("duplicate_field", "image")],
+    ),
+    (
+        "resources-unknown",
+        {"Resources": {"Request": {"cpu": "1"}, "Limits": {"cpu": "1"}}},
+        JobOverrides(resources=Resources(requests={}, limits={"cpu": "1"})),
+        [("unknown_field", "Resources.Request")],
+    ),
+    (
+        "env-no-source-is-empty",
+        {"Environments": [{"Name": "A"}]},
+        JobOverrides(environments=(EnvVar("A", value=""),)),
+        [],
+    ),
+    (
+        "env-reference-beats-value",
+        {"Environments": [{"Name": "A", "Value": "v", "FieldRef": {"FieldPath": "metadata.name"}}]},
+        JobOverrides(environments=(EnvVar("A", field_path="metadata.name"),)),
+        [("env_source_ignored", "Environments[0].Value")],
+    ),
+    (
+        "env-secret-beats-config-map",
+        {
+            "Environments": [
+                {
+                    "Name": "A",
+                    "ConfigMapRef": {"Name": "c", "Key": "k"},
+                    "SecretRef": {"Name": "s", "Key": "k"},
+                }
+            ]
+        },
+        JobOverrides(environments=(EnvVar("A", secret_key_ref=KeyRef("s", "k")),)),
+        [("env_source_ignored", "Environments[0].ConfigMapKeyRef")],
+    ),
+    (
+        "env-unknown-key",
+        {"Environments": [{"Name": "A", "Value": "v", "Optional": True}]},
+        JobOverrides(environments=(EnvVar("A", value="v"),)),
+        [("unknown_field", "Environments[0].Optional")],
+    ),
+    (
+        "env-duplicate-name-last-wins",
+        {
+            "Environments": [
+                {"Name": "A", "Value": "1"},
+                {"Name": "B", "Value": "b"},
+                {"Name": "A", "Value": "2"},
+            ]
+        },
+        JobOverrides(environments=(EnvVar("A", value="2"), EnvVar("B", value="b"))),
+        [("env_duplicate", "Environments[2].Name")],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected", "notes"),
+    [(b, e, n) for _, b, e, n in ADJUSTED_OVERRIDES],
+    ids=[i for i, *_ in ADJUSTED_OVERRIDES],
+)
+def test_parse_overrides_adjusts_with_a_note(
+    body: object, expected: JobOverrides, notes: list[tuple[str, str]]
+) -> None:
+    with collecting() as got:
+        assert parse_overrides(body) == expected
+    assert [(n.code, n.path) for n in got] == notes
+    assert all(n.message.endswith(".") for n in got)
+
+
+def test_notes_outside_a_collecting_block_are_dropped() -> None:
+    assert parse_overrides({"Imagee": "x"}) == JobOverrides()
+    with collecting() as outer:
+        with collecting() as inner:
+            parse_overrides({"A": 1})
+        parse_overrides({"B": 1})
+    assert [n.path for n in inner] == ["A"] and [n.path for n in outer] == ["B"]
+
+
 def test_parse_overrides_where_prefixes_paths() -> None:
     error = _bad_request(lambda b: parse_overrides(b, where="Schedules.x[0]"), {"BackoffLimit": "1"})
     assert error.message.startswith("Schedules.x[0].BackoffLimit: expected an integer")
@@ -416,8 +495,6 @@ BAD_SCHEDULES: list[tuple[str, object, str, str]] = [
         "Starting",
     ),
     ("paused-string", {"Schedule": "* * * * *", "Paused": "yes"}, "invalid_field", "Paused"),
-    ("unknown-field", {"Schedule": "* * * * *", "Cron": "x"}, "unknown_field", "Cron"),
-    ("id-is-not-an-input", {"Schedule": "* * * * *", "Id": "x"}, "unknown_field", "Id"),
     ("override-type", {"Schedule": "* * * * *", "Parallelism": "2"}, "invalid_field", "Parallelism"),
     (
         "override-quantity",
@@ -425,8 +502,22 @@ BAD_SCHEDULES: list[tuple[str, object, str, str]] = [
         "invalid_quantity",
         "Resources.Limits.memory",
     ),
-    ("two-spellings", {"Schedule": "* * * * *", "schedule": "* * * * *"}, "duplicate_field", "Schedule"),
+    ("two-inexact-spellings", {"schedule": "* * * * *", "SCHEDULE": "@daily"}, "duplicate_field", "Schedule"),
 ]
+
+
+def test_parse_schedule_request_ignores_unknown_fields_with_a_note() -> None:
+    """SlimFaas's ListScheduleJob answers carry an Id: posting one back works (issue 17)."""
+    with collecting() as notes:
+        request = parse_schedule_request(
+            {"Schedule": "* * * * *", "Cron": "x", "Id": "x", "schedule": "@daily"}
+        )
+    assert request.schedule == "* * * * *"
+    assert [(n.code, n.path) for n in notes] == [
+        ("unknown_field", "Cron"),
+        ("unknown_field", "Id"),
+        ("duplicate_field", "schedule"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -479,12 +570,6 @@ ALLOWED_MERGES: list[tuple[str, JobConfig, JobOverrides]] = [
         JobOverrides(resources=Resources(requests={"cpu": "0.4", "memory": "419430400"})),
     ),
     ("lower-limit", FIB, JobOverrides(resources=Resources(limits={"cpu": "500m"}))),
-    (
-        "limit-only-resource-as-request",
-        FIB,
-        JobOverrides(resources=Resources(requests={"nvidia.com/gpu": "1"})),
-    ),
-    ("limit-on-request-only-resource", STRICT, JobOverrides(resources=Resources(limits={"cpu": "150m"}))),
     ("lower-backoff", FIB, JobOverrides(backoff_limit=0)),
     ("equal-backoff", FIB, JobOverrides(backoff_limit=3)),
     ("lower-ttl", FIB, JobOverrides(ttl_seconds_after_finished=0)),
@@ -533,69 +618,6 @@ REFUSED_MERGES: list[tuple[str, JobConfig, JobOverrides, str, tuple[str, ...]]] 
     ("default-needs-image", BUILTIN_DEFAULT, JobOverrides(), "image_required", ("Image",)),
     ("default-admits-no-image", BUILTIN_DEFAULT, JobOverrides(image="busybox"), "image_not_allowed", ()),
     (
-        "request-over",
-        FIB,
-        JobOverrides(resources=Resources(requests={"cpu": "401m"})),
-        "resource_over_limit",
-        ("Resources.Requests.cpu", "401m", "400m"),
-    ),
-    (
-        "request-over-by-a-byte",
-        FIB,
-        JobOverrides(resources=Resources(requests={"memory": "419430401"})),
-        "resource_over_limit",
-        ("Resources.Requests.memory", "419430401", "400Mi"),
-    ),
-    (
-        "limit-over",
-        FIB,
-        JobOverrides(resources=Resources(limits={"memory": "1Gi"})),
-        "resource_over_limit",
-        ("Resources.Limits.memory", "1Gi", "400Mi"),
-    ),
-    (
-        "limit-only-resource-request-over",
-        FIB,
-        JobOverrides(resources=Resources(requests={"nvidia.com/gpu": "3"})),
-        "resource_over_limit",
-        ("nvidia.com/gpu",),
-    ),
-    (
-        "unconfigured-request",
-        STRICT,
-        JobOverrides(resources=Resources(requests={"memory": "1Mi"})),
-        "resource_not_configured",
-        ("Resources.Requests.memory",),
-    ),
-    (
-        "unconfigured-limit",
-        STRICT,
-        JobOverrides(resources=Resources(limits={"memory": "1Mi"})),
-        "resource_not_configured",
-        ("Resources.Limits.memory",),
-    ),
-    (
-        "resource-names-are-case-sensitive",
-        STRICT,
-        JobOverrides(resources=Resources(requests={"CPU": "1m"})),
-        "resource_not_configured",
-        ("CPU",),
-    ),
-    (
-        "limit-below-configured-request",
-        FIB,
-        JobOverrides(resources=Resources(limits={"cpu": "300m"})),
-        "limit_below_request",
-        ("Resources.Limits.cpu", "300m", "400m"),
-    ),
-    (
-        "limit-below-own-request",
-        STRICT,
-        JobOverrides(resources=Resources(requests={"cpu": "100m"}, limits={"cpu": "50m"})),
-        "limit_below_request",
-        ("Resources.Limits.cpu",),
-    ),
-    (
         "quantity-malformed",
         FIB,
         JobOverrides(resources=Resources(limits={"cpu": "lots"})),
@@ -609,15 +631,7 @@ REFUSED_MERGES: list[tuple[str, JobConfig, JobOverrides, str, tuple[str, ...]]] 
         "invalid_quantity",
         ("Resources.Requests.cpu",),
     ),
-    ("backoff-raised", FIB, JobOverrides(backoff_limit=4), "over_limit", ("BackoffLimit", "4", "3")),
     ("backoff-negative", FIB, JobOverrides(backoff_limit=-1), "invalid_field", ("BackoffLimit",)),
-    (
-        "ttl-raised",
-        FIB,
-        JobOverrides(ttl_seconds_after_finished=3601),
-        "over_limit",
-        ("TtlSecondsAfterFinished",),
-    ),
     (
         "ttl-negative",
         UNBOUNDED,
@@ -626,29 +640,13 @@ REFUSED_MERGES: list[tuple[str, JobConfig, JobOverrides, str, tuple[str, ...]]] 
         ("TtlSeconds",),
     ),
     (
-        "deadline-raised",
-        FIB,
-        JobOverrides(active_deadline_seconds=601),
-        "over_limit",
-        ("ActiveDeadlineSeconds",),
-    ),
-    (
         "deadline-zero",
         UNBOUNDED,
         JobOverrides(active_deadline_seconds=0),
         "invalid_field",
         ("ActiveDeadline",),
     ),
-    ("parallelism-raised", FIB, JobOverrides(parallelism=5), "over_limit", ("Parallelism",)),
     ("parallelism-zero", FIB, JobOverrides(parallelism=0), "invalid_field", ("Parallelism",)),
-    ("completions-raised", FIB, JobOverrides(completions=5), "over_limit", ("Completions",)),
-    (
-        "never-to-on-failure",
-        NEVER,
-        JobOverrides(restart_policy=RestartPolicy.ON_FAILURE),
-        "over_limit",
-        ("RestartPolicy",),
-    ),
     (
         "env-without-source",
         FIB,
@@ -677,6 +675,170 @@ def test_merge_refuses(config: JobConfig, overrides: JobOverrides, code: str, na
     assert info.value.code == code
     for fragment in named:
         assert fragment in info.value.message
+
+
+# Issue 17: SlimFaas's docs make BackoffLimit, TtlSecondsAfterFinished and RestartPolicy plain
+# overrides, and its JobResourceValidator caps resources instead of refusing them; our own
+# additions (ActiveDeadlineSeconds, Parallelism, Completions) are capped the same way. These
+# were 400s (over_limit, resource_over_limit, resource_not_configured, limit_below_request).
+# SlimFaas: tests/SlimFaas.Tests/Jobs/JobResourceValidatorTests.cs (capped to the configured
+# value, keys the configuration lacks dropped).
+ADJUSTED_MERGES: list[tuple[str, JobConfig, JobOverrides, dict[str, object], list[tuple[str, str]]]] = [
+    ("backoff-raised", FIB, JobOverrides(backoff_limit=4), {"backoff_limit": 4}, []),
+    (
+        "ttl-raised",
+        FIB,
+        JobOverrides(ttl_seconds_after_finished=3601),
+        {"ttl_seconds_after_finished": 3601},
+        [],
+    ),
+    (
+        "never-to-on-failure",
+        NEVER,
+        JobOverrides(restart_policy=RestartPolicy.ON_FAILURE),
+        {"restart_policy": RestartPolicy.ON_FAILURE},
+        [],
+    ),
+    (
+        "deadline-raised",
+        FIB,
+        JobOverrides(active_deadline_seconds=601),
+        {"active_deadline_seconds": 600},
+        [("capped", "ActiveDeadlineSeconds")],
+    ),
+    ("parallelism-raised", FIB, JobOverrides(parallelism=5), {"parallelism": 4}, [("capped", "Parallelism")]),
+    ("completions-raised", FIB, JobOverrides(completions=5), {"completions": 4}, [("capped", "Completions")]),
+    (
+        "request-over",
+        FIB,
+        JobOverrides(resources=Resources(requests={"cpu": "401m"})),
+        {"resources": FIB.resources},
+        [("resource_capped", "Resources.Requests.cpu")],
+    ),
+    (
+        "request-over-by-a-byte",
+        FIB,
+        JobOverrides(resources=Resources(requests={"memory": "419430401"})),
+        {"resources": FIB.resources},
+        [("resource_capped", "Resources.Requests.memory")],
+    ),
+    (
+        "limit-over",
+        FIB,
+        JobOverrides(resources=Resources(limits={"memory": "1Gi", "cpu": "500m"})),
+        {
+            "resources": Resources(
+                requests=FIB.resources.requests, limits={**FIB.resources.limits, "cpu": "500m"}
+            )
+        },
+        [("resource_capped", "Resources.Limits.memory")],
+    ),
+    (
+        "limit-only-resource-as-request",
+        FIB,
+        JobOverrides(resources=Resources(requests={"nvidia.com/gpu": "1"})),
+        {"resources": FIB.resources},
+        [("resource_ignored", "Resources.Requests.nvidia.com/gpu")],
+    ),
+    (
+        "unconfigured-request",
+        STRICT,
+        JobOverrides(resources=Resources(requests={"memory": "1Mi"})),
+        {"resources": STRICT.resources},
+        [("resource_ignored", "Resources.Requests.memory")],
+    ),
+    (
+        "limit-on-request-only-resource",
+        STRICT,
+        JobOverrides(resources=Resources(limits={"cpu": "150m"})),
+        {"resources": STRICT.resources},
+        [("resource_ignored", "Resources.Limits.cpu")],
+    ),
+    (
+        "resource-names-are-case-sensitive",
+        STRICT,
+        JobOverrides(resources=Resources(requests={"CPU": "1m"})),
+        {"resources": STRICT.resources},
+        [("resource_ignored", "Resources.Requests.CPU")],
+    ),
+    (
+        "limit-below-configured-request",
+        FIB,
+        JobOverrides(resources=Resources(limits={"cpu": "300m"})),
+        {
+            "resources": Resources(
+                requests={**FIB.resources.requests, "cpu": "300m"},
+                limits={**FIB.resources.limits, "cpu": "300m"},
+            )
+        },
+        [("request_lowered", "Resources.Requests.cpu")],
+    ),
+    (
+        "limit-below-own-request",
+        FIB,
+        JobOverrides(resources=Resources(requests={"cpu": "300m"}, limits={"cpu": "200m"})),
+        {
+            "resources": Resources(
+                requests={**FIB.resources.requests, "cpu": "200m"},
+                limits={**FIB.resources.limits, "cpu": "200m"},
+            )
+        },
+        [("request_lowered", "Resources.Requests.cpu")],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "expected", "notes"),
+    [(c, o, e, n) for _, c, o, e, n in ADJUSTED_MERGES],
+    ids=[i for i, *_ in ADJUSTED_MERGES],
+)
+def test_merge_adjusts_with_a_note(
+    config: JobConfig, overrides: JobOverrides, expected: dict[str, object], notes: list[tuple[str, str]]
+) -> None:
+    with collecting() as got:
+        spec = merge(config, overrides)
+    for attr, value in expected.items():
+        assert getattr(spec, attr) == value, attr
+    assert [(n.code, n.path) for n in got] == notes
+
+
+def test_merge_caps_resources_as_slimfaas_job_resource_validator() -> None:
+    """SlimFaas: tests/SlimFaas.Tests/Jobs/JobResourceValidatorTests.cs, its four cases."""
+    config = JobConfig(
+        image="i",
+        resources=Resources(
+            requests={"cpu": "500m", "memory": "1Gi"}, limits={"cpu": "1000m", "memory": "2Gi"}
+        ),
+    )
+    cases = [
+        # ShouldUseRequestedValues_WhenWithinLimits
+        (
+            ({"cpu": "400m", "memory": "512Mi"}, {"cpu": "800m", "memory": "1.5Gi"}),
+            ({"cpu": "400m", "memory": "512Mi"}, {"cpu": "800m", "memory": "1.5Gi"}),
+        ),
+        # ShouldUseDefaultValues_WhenRequestedValuesExceedLimits
+        (
+            ({"cpu": "600m", "memory": "2Gi"}, {"cpu": "1500m", "memory": "3Gi"}),
+            ({"cpu": "500m", "memory": "1Gi"}, {"cpu": "1000m", "memory": "2Gi"}),
+        ),
+        # ShouldUseDefaultValues_WhenKeyIsMissingInRequestedConfig
+        (({}, {"cpu": "800m"}), ({"cpu": "500m", "memory": "1Gi"}, {"cpu": "800m", "memory": "2Gi"})),
+    ]
+    for (asked_requests, asked_limits), (requests, limits) in cases:
+        spec = merge(config, JobOverrides(resources=Resources(requests=asked_requests, limits=asked_limits)))
+        assert spec.resources == Resources(requests=requests, limits=limits)
+    # ShouldHandleMixedUnitsCorrectly
+    mixed = JobConfig(
+        image="i",
+        resources=Resources(
+            requests={"cpu": "1000m", "memory": "2Gi"}, limits={"cpu": "2000m", "memory": "4Gi"}
+        ),
+    )
+    asked = Resources(requests={"cpu": "1", "memory": "2048Mi"}, limits={"cpu": "2500m", "memory": "5Gi"})
+    assert merge(mixed, JobOverrides(resources=asked)).resources == Resources(
+        requests={"cpu": "1", "memory": "2048Mi"}, limits={"cpu": "2000m", "memory": "4Gi"}
+    )
 
 
 def test_merge_without_overrides_runs_the_configuration() -> None:
@@ -851,9 +1013,10 @@ def test_user_default_without_resources_keeps_the_builtin_resources() -> None:
 def test_a_configured_job_without_resources_may_ask_for_none() -> None:
     jobs = parse_jobs_configuration('{"Configurations": {"bare": {"Image": "busybox"}}}')
     assert jobs.job("bare").resources == Resources()
-    with pytest.raises(BadRequest) as info:
-        merge(jobs.job("bare"), JobOverrides(resources=Resources(requests={"cpu": "1m"})))
-    assert info.value.code == "resource_not_configured"
+    with collecting() as notes:
+        spec = merge(jobs.job("bare"), JobOverrides(resources=Resources(requests={"cpu": "1m"})))
+    assert spec.resources == Resources()
+    assert [n.code for n in notes] == ["resource_ignored"]
 
 
 def test_configuration_keys_are_case_insensitive() -> None:
@@ -912,7 +1075,6 @@ BAD_CONFIGURATIONS: list[tuple[str, object, str]] = [
     ("not-json", "{", "not valid JSON"),
     ("not-object", "[]", "must be a JSON object"),
     ("duplicate-json-key", '{"Configurations": {"a": {}, "a": {}}}', "'a' twice"),
-    ("unknown-top-level", {"Jobs": {}}, "Jobs: unknown field"),
     ("configurations-list", {"Configurations": []}, "Configurations: expected an object"),
     ("job-not-object", {"Configurations": {"fib": "img"}}, "Configurations.fib: expected an object"),
     (
@@ -924,11 +1086,6 @@ BAD_CONFIGURATIONS: list[tuple[str, object, str]] = [
         "zero-parallel-jobs",
         {"Configurations": {"fibonacci": {"NumberParallelJob": 0}}},
         "Configurations.fibonacci.NumberParallelJob: expected a positive integer",
-    ),
-    (
-        "unknown-job-field",
-        {"Configurations": {"fib": {"Imag": "x"}}},
-        "Configurations.fib.Imag: unknown field",
     ),
     (
         "volume-mount-of-undeclared-volume",
@@ -955,24 +1112,9 @@ BAD_CONFIGURATIONS: list[tuple[str, object, str]] = [
         {"Configurations": {"fib": {"Resources": {"Requests": {"cpu": "2"}, "Limits": {"cpu": "1"}}}}},
         "Configurations.fib.Resources.Limits.cpu",
     ),
-    (
-        "env-entry",
-        {"Configurations": {"fib": {"Environments": [{"name": "A"}]}}},
-        "Configurations.fib.Environments[0]",
-    ),
-    (
-        "uppercase-name",
-        {"Configurations": {"Fibonacci": {}}},
-        "Configurations.Fibonacci: 'Fibonacci' is not a valid",
-    ),
-    ("underscore-name", {"Configurations": {"fib_1": {}}}, "DNS-1123"),
-    ("leading-dash-name", {"Configurations": {"-fib": {}}}, "DNS-1123"),
-    ("too-long-name", {"Configurations": {"a" * 41: {}}}, "at most 40 characters"),
-    ("empty-name", {"Configurations": {"": {}}}, "not a valid job name"),
-    ("default-twice", {"Configurations": {"Default": {}, "default": {}}}, "Default entry is given twice"),
+    ("default-twice", {"Configurations": {"Default": {}, "default": {}}}, "names the same job as 'Default'"),
     ("schedules-list", {"Schedules": []}, "Schedules: expected an object"),
     ("schedule-entries-object", {"Schedules": {"fib": {}}}, "Schedules.fib: expected a list of schedules"),
-    ("schedule-bad-job-name", {"Schedules": {"Fib": []}}, "Schedules.Fib"),
     ("schedule-missing-cron", {"Schedules": {"fib": [{"Args": []}]}}, "Schedules.fib[0].Schedule: required"),
     (
         "schedule-wrong-type",
@@ -985,20 +1127,22 @@ BAD_CONFIGURATIONS: list[tuple[str, object, str]] = [
         "Schedules.fib[0].Image",
     ),
     (
-        "schedule-over-the-configuration",
-        {
-            "Configurations": {"fib": {"Image": "img", "Resources": {"Limits": {"cpu": "1"}}}},
-            "Schedules": {"fib": [{"Schedule": "* * * * *", "Resources": {"Limits": {"cpu": "2"}}}]},
-        },
-        "Schedules.fib[0].Resources.Limits.cpu: asks for 2, more than the 1",
+        "env-name-empty",
+        {"Configurations": {"fib": {"Environments": [{"name": ""}]}}},
+        "Configurations.fib.Environments[0].Name",
     ),
     (
-        "schedule-raises-backoff",
+        "names-collide-in-any-case",
+        {"Configurations": {"Fib": {}, "fib": {}}},
+        "job names are case-insensitive",
+    ),
+    (
+        "schedule-image-not-allowed",
         {
             "Configurations": {"fib": {"Image": "img"}},
-            "Schedules": {"fib": [{"Schedule": "* * * * *", "BackoffLimit": 2}]},
+            "Schedules": {"fib": [{"Schedule": "* * * * *", "Image": "other"}]},
         },
-        "Schedules.fib[0].BackoffLimit",
+        "Schedules.fib[0].Image",
     ),
 ]
 
@@ -1010,6 +1154,91 @@ BAD_CONFIGURATIONS: list[tuple[str, object, str]] = [
 )
 def test_parse_jobs_configuration_refuses(document: object, fragment: str) -> None:
     assert fragment in _config_error(document)
+
+
+# Issue 17: what SlimFaas starts with, slimsched starts with, saying in a note what it ignored or
+# read differently (logged once, listed in /status). Each of these stopped the start-up before.
+ADJUSTED_CONFIGURATIONS: list[tuple[str, object, list[tuple[str, str]]]] = [
+    ("unknown-top-level", {"Jobs": {}}, [("unknown_field", "Jobs")]),
+    (
+        "unknown-job-field",
+        {"Configurations": {"fib": {"Imag": "x"}}},
+        [("unknown_field", "Configurations.fib.Imag")],
+    ),
+    (
+        "uppercase-name",
+        {"Configurations": {"Fibonacci": {}}},
+        [("name_lowercased", "Configurations.Fibonacci")],
+    ),
+    ("underscore-name", {"Configurations": {"fib_1": {}}}, []),
+    ("leading-dash-name", {"Configurations": {"-fib": {}}}, []),
+    (
+        "too-long-name",
+        {"Configurations": {"a" * 41: {}}},
+        [("invalid_job_name", "Configurations." + "a" * 41)],
+    ),
+    ("empty-name", {"Configurations": {"": {}}}, [("invalid_job_name", "Configurations.")]),
+    ("dotted-name", {"Configurations": {"fib.v2": {}}}, [("invalid_job_name", "Configurations.fib.v2")]),
+    ("schedule-uppercase-job", {"Schedules": {"Fib": []}}, [("name_lowercased", "Schedules.Fib")]),
+    ("env-without-value", {"Configurations": {"fib": {"Environments": [{"name": "A"}]}}}, []),
+    (
+        "schedule-over-the-configuration",
+        {
+            "Configurations": {"fib": {"Image": "img", "Resources": {"Limits": {"cpu": "1"}}}},
+            "Schedules": {"fib": [{"Schedule": "* * * * *", "Resources": {"Limits": {"cpu": "2"}}}]},
+        },
+        [("resource_capped", "Schedules.fib[0].Resources.Limits.cpu")],
+    ),
+    (
+        "schedule-raises-backoff",
+        {
+            "Configurations": {"fib": {"Image": "img"}},
+            "Schedules": {"fib": [{"Schedule": "* * * * *", "BackoffLimit": 2}]},
+        },
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("document", "notes"),
+    [(d, n) for _, d, n in ADJUSTED_CONFIGURATIONS],
+    ids=[i for i, *_ in ADJUSTED_CONFIGURATIONS],
+)
+def test_parse_jobs_configuration_adjusts_with_a_note(document: object, notes: list[tuple[str, str]]) -> None:
+    jobs = parse_jobs_configuration(json.dumps(document))
+    assert [(n.code, n.path) for n in jobs.notes] == notes
+    assert DEFAULT_JOB in jobs.configurations
+
+
+def test_slimfaas_test_configurations_start() -> None:
+    """Keys SlimFaas does not know start, as in its own test.
+
+    SlimFaas: tests/SlimFaas.Tests/Jobs/JobConfigurationTests.cs::
+    Constructeur_JsonValide_DoitParserLaConfigurationCorrectement.
+
+    Keys SlimFaas does not know (Name, Something), mixed-case job names, Limits before Requests.
+    """
+    jobs = parse_jobs_configuration(
+        """{"Configurations": {
+            "Default": {"Name": "MaFonctionParDefaut", "Something": ["arg1", "arg2"],
+                        "Resources": {"Limits": {"cpu": "500m", "memory": "512Mi"},
+                                      "Requests": {"cpu": "200m", "memory": "256Mi"}}},
+            "AutreFunction": {"Name": "AutreFunction", "Something": [],
+                              "Resources": {"Limits": {"cpu": "1000m", "memory": "1Gi"},
+                                            "Requests": {"cpu": "500m", "memory": "512Mi"}}}}}"""
+    )
+    assert jobs.configurations[DEFAULT_JOB].resources == Resources(
+        requests={"cpu": "200m", "memory": "256Mi"}, limits={"cpu": "500m", "memory": "512Mi"}
+    )
+    assert jobs.job("autrefunction").resources.limits == {"cpu": "1000m", "memory": "1Gi"}
+    assert sorted(n.path for n in jobs.notes) == [
+        "Configurations.AutreFunction",
+        "Configurations.AutreFunction.Name",
+        "Configurations.AutreFunction.Something",
+        "Configurations.Default.Name",
+        "Configurations.Default.Something",
+    ]
 
 
 def test_job_names_of_exactly_forty_characters_are_accepted() -> None:
@@ -1145,28 +1374,27 @@ def test_overrides_survive_the_json_codec(
     assert codec.overrides_from_dict(json.loads(json.dumps(encoded))) == overrides
 
 
-def _assert_within_the_configuration(config: JobConfig, spec: JobSpec) -> None:
+def _assert_within_the_configuration(config: JobConfig, overrides: JobOverrides, spec: JobSpec) -> None:
     configured = config.resources
     for name, amount in spec.resources.requests.items():
-        bound = configured.requests.get(name, configured.limits.get(name))
-        assert bound is not None
-        assert 0 <= parse_quantity(amount) <= parse_quantity(bound)
+        assert name in configured.requests
+        assert 0 <= parse_quantity(amount) <= parse_quantity(configured.requests[name])
     for name, amount in spec.resources.limits.items():
-        assert name in configured.limits or name in configured.requests
-        if name in configured.limits:
-            assert 0 <= parse_quantity(amount) <= parse_quantity(configured.limits[name])
+        assert name in configured.limits
+        assert 0 <= parse_quantity(amount) <= parse_quantity(configured.limits[name])
         if name in spec.resources.requests:
             assert parse_quantity(amount) >= parse_quantity(spec.resources.requests[name])
-    assert 0 <= spec.backoff_limit <= config.backoff_limit
+    # Plain overrides (issue 17: SlimFaas's docs), ceilings for our own additions.
+    assert spec.backoff_limit == (
+        config.backoff_limit if overrides.backoff_limit is None else overrides.backoff_limit
+    )
+    assert spec.restart_policy is (overrides.restart_policy or config.restart_policy)
     assert 1 <= spec.parallelism <= config.parallelism
     assert 1 <= spec.completions <= config.completions
-    for value, ceiling in (
-        (spec.ttl_seconds_after_finished, config.ttl_seconds_after_finished),
-        (spec.active_deadline_seconds, config.active_deadline_seconds),
-    ):
-        assert ceiling is None or (value is not None and value <= ceiling)
-    if config.restart_policy is RestartPolicy.NEVER:
-        assert spec.restart_policy is RestartPolicy.NEVER
+    ceiling = config.active_deadline_seconds
+    assert ceiling is None or (
+        spec.active_deadline_seconds is not None and spec.active_deadline_seconds <= ceiling
+    )
     assert spec.image == config.image or any(fnmatchcase(spec.image, p) for p in config.images_whitelist)
 
 
@@ -1180,21 +1408,27 @@ def test_merge_refuses_only_with_bad_request_and_never_exceeds_the_configuration
     except BadRequest as e:
         assert e.status == 400 and e.code and e.message
         return
-    _assert_within_the_configuration(config, spec)
+    _assert_within_the_configuration(config, overrides, spec)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=_resource_cases())
 def test_merged_resources_never_exceed_the_configuration(case: tuple[JobConfig, Resources]) -> None:
+    """Within the configuration; what was asked and fits is kept; each change has a note naming it."""
     config, asked = case
-    try:
+    with collecting() as notes:
         spec = merge(config, JobOverrides(resources=asked))
-    except BadRequest as e:
-        assert e.code in {"resource_over_limit", "limit_below_request"}
-        return
-    assert spec.resources.requests.items() >= asked.requests.items()
-    assert spec.resources.limits.items() >= asked.limits.items()
-    _assert_within_the_configuration(config, spec)
+    _assert_within_the_configuration(config, JobOverrides(resources=asked), spec)
+    noted = {n.path for n in notes}
+    for kind, wanted, got, bounds in (
+        ("Limits", asked.limits, spec.resources.limits, config.resources.limits),
+        ("Requests", asked.requests, spec.resources.requests, config.resources.requests),
+    ):
+        for name, amount in wanted.items():
+            fits = name in bounds and parse_quantity(amount) <= parse_quantity(bounds[name])
+            if kind == "Requests" and name in spec.resources.limits:
+                fits = fits and parse_quantity(amount) <= parse_quantity(spec.resources.limits[name])
+            assert (got.get(name) == amount) if fits else (f"Resources.{kind}.{name}" in noted)
 
 
 @settings(max_examples=200, deadline=None)
