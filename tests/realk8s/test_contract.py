@@ -260,7 +260,11 @@ async def test_annotated_cronjobs_are_listed_and_mapped(backend: Backend, kube: 
         "nightly",
         {
             "metadata": {
-                "annotations": {"SlimFaas/Job": "true", "SlimFaas/DefaultVisibility": "Public"},
+                "annotations": {
+                    "SlimFaas/Job": "true",
+                    "SlimFaas/DefaultVisibility": "Public",
+                    "SlimFaas/Schedules": '[{"Schedule": "0 3 * * *", "Args": ["x"]}]',
+                },
                 "labels": {"team": "data"},
             },
             "spec": {
@@ -290,4 +294,5 @@ async def test_annotated_cronjobs_are_listed_and_mapped(backend: Backend, kube: 
         2,
         "Public",
     )
-    assert found.schedule is not None and found.schedule.schedule == "0 3 * * *"
+    # Issue 17: the SlimFaas/Schedules annotation declares the schedules, not the suspended spec.schedule.
+    assert [(s.schedule, s.overrides.args) for s in found.schedules] == [("0 3 * * *", ("x",))]
