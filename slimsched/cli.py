@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -109,12 +110,15 @@ def cmd_local(args: argparse.Namespace) -> int:
     if not env.get("SLIMSCHED_RAFT_PASSWORD"):
         # One secret per cluster, given to its nodes only (in their environment, never argv).
         env["SLIMSCHED_RAFT_PASSWORD"] = secrets.token_urlsafe(32)
-    if not args.jobs_config:
-        env["SLIMSCHED_JOBS_CONFIGURATION"] = DEMO_JOBS_CONFIGURATION
-        print("no --jobs-config given: using the demo configuration (job 'fibonacci', Public)", flush=True)
+    _check_local_ports(args.http_port, raft, n)
+    _local_jobs_configuration(args, env)
     if args.kubeconfig:
         env.update(SLIMSCHED_KUBE_MODE="kubeconfig", KUBECONFIG=os.path.abspath(args.kubeconfig))
         print(f"dispatching to the cluster of {args.kubeconfig}", flush=True)
+    elif env.get("SLIMSCHED_KUBE_MODE") in ("kubeconfig", "in-cluster") or (
+        env.get("SLIMSCHED_KUBE_MODE") == "url" and env.get("SLIMSCHED_KUBE_URL")
+    ):
+        print(f"dispatching as SLIMSCHED_KUBE_MODE={env['SLIMSCHED_KUBE_MODE']} says", flush=True)
     else:
         (port,) = free_ports(1)
         emulator = subprocess.Popen([sys.executable, "-m", "slimsched.emulator", "--port", str(port)])
@@ -130,7 +134,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         cmd = serve_command(sys.executable, raft[i], raft, args.http_port + i, data_dir)
         if args.jobs_config:
             cmd += ["--jobs-config", args.jobs_config]
-        procs.append(subprocess.Popen(cmd, env=env))
+        procs.append(subprocess.Popen(cmd, env=_node_env(env, i)))
         print(
             f"node {i}: http://127.0.0.1:{args.http_port + i}  raft {raft[i]}  pid {procs[-1].pid}",
             flush=True,
@@ -162,6 +166,63 @@ def cmd_local(args: argparse.Namespace) -> int:
     return 0 if stopping and not failed else 1
 
 
+def _local_jobs_configuration(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """The job configuration ``local`` runs, as ``serve`` reads it: ``--jobs-config``, else
+    SLIMSCHED_JOBS_CONFIGURATION, SlimFaas__JobsConfiguration or SLIMSCHED_JOBS_CONFIGURATION_FILE
+    from the environment, else the demo. Parsed once here, so a bad one is one line, not N."""
+    if args.jobs_config:
+        with open(args.jobs_config, encoding="utf-8") as f:
+            text: str | None = f.read()
+        source = args.jobs_config
+    else:
+        text = Settings.from_env(env).jobs_configuration
+        source = next((v for v in _JOBS_VARS if env.get(v)), "")
+    if text is None:
+        env["SLIMSCHED_JOBS_CONFIGURATION"] = DEMO_JOBS_CONFIGURATION
+        print(
+            "no --jobs-config nor SlimFaas__JobsConfiguration given: using the demo configuration "
+            "(job 'fibonacci', Public)",
+            flush=True,
+        )
+        return
+    jobs = jobconfig.parse_jobs_configuration(text)
+    print(f"job configuration from {source}: jobs {', '.join(sorted(jobs.configurations))}", flush=True)
+
+
+_JOBS_VARS = (
+    "SLIMSCHED_JOBS_CONFIGURATION",
+    "SlimFaas__JobsConfiguration",
+    "SLIMSCHED_JOBS_CONFIGURATION_FILE",
+)
+
+
+def _node_env(env: dict[str, str], index: int) -> dict[str, str]:
+    """Node ``index``'s environment: a backup directory set for the cluster (SLIMSCHED_BACKUP_DIR
+    or SlimFaas's SlimData__BackupDirectory) becomes one subdirectory per node, as each pod of the
+    StatefulSet has its own volume."""
+    backup = env.get("SLIMSCHED_BACKUP_DIR") or env.get("SlimData__BackupDirectory")
+    if not backup:
+        return env
+    return {**env, "SLIMSCHED_BACKUP_DIR": os.path.join(os.path.abspath(backup), f"node-{index}")}
+
+
+def _check_local_ports(http_port: int, raft: Sequence[str], nodes: int) -> None:
+    """One clear line for a port in use (rather than a node's traceback after the others started)."""
+    wanted = [(http_port + i, f"HTTP port of node {i} (--http-port)") for i in range(nodes)]
+    wanted += [(int(a.rsplit(":", 1)[1]), f"Raft port of node {i} (--raft-port)") for i, a in enumerate(raft)]
+    for port, what in wanted:
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"{what} would be {port}, outside 1-65535")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as e:
+                raise ConfigError(
+                    f"port {port}, the {what}, is not free on 127.0.0.1 ({e.strerror}): "
+                    "choose other ports or stop what holds it"
+                ) from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slimsched",
@@ -171,24 +232,55 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run one node (settings from SLIMSCHED_* variables and flags)")
-    serve.add_argument("--raft-address", help="this node's Raft address host:port")
+    serve.add_argument(
+        "--raft-address",
+        help="this node's Raft address host:port (default: SLIMSCHED_RAFT_ADDRESS, else derived from "
+        "SLIMSCHED_POD_NAME and the Raft service, else 127.0.0.1:SLIMSCHED_RAFT_PORT)",
+    )
     serve.add_argument(
         "--raft-bind", help="host:port the Raft port listens on (default: the pod IP, else all interfaces)"
     )
-    serve.add_argument("--peers", help="comma-separated Raft addresses of all nodes (self is dropped)")
-    serve.add_argument("--http-host")
-    serve.add_argument("--http-port", type=int)
-    serve.add_argument("--data-dir")
-    serve.add_argument("--jobs-config", help="a file holding the SlimFaas-format job configuration")
+    serve.add_argument(
+        "--peers",
+        help="comma-separated Raft addresses of all nodes, self dropped (default: SLIMSCHED_PEERS, "
+        "else derived from SLIMSCHED_REPLICAS)",
+    )
+    serve.add_argument("--http-host", help="HTTP listen address (default: SLIMSCHED_HTTP_HOST, else 0.0.0.0)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (default: SLIMSCHED_HTTP_PORT, else 5000)")
+    serve.add_argument("--data-dir", help="Raft data directory (default: SLIMSCHED_DATA_DIR, else data)")
+    serve.add_argument(
+        "--jobs-config",
+        help="a file holding the SlimFaas-format job configuration (default: SLIMSCHED_JOBS_CONFIGURATION, "
+        "SlimFaas__JobsConfiguration or SLIMSCHED_JOBS_CONFIGURATION_FILE, else only Default)",
+    )
     serve.set_defaults(func=cmd_serve)
 
-    local = sub.add_parser("local", help="run an N-node cluster on 127.0.0.1")
-    local.add_argument("--nodes", type=int, default=3)
-    local.add_argument("--data-dir", default="data/local")
-    local.add_argument("--jobs-config")
-    local.add_argument("--kubeconfig", help="dispatch to this cluster instead of the embedded API emulator")
-    local.add_argument("--http-port", type=int, default=5000, help="HTTP port of node 0 (then +1 each)")
-    local.add_argument("--raft-port", type=int, default=3262, help="Raft port of node 0 (then +1 each)")
+    local = sub.add_parser(
+        "local",
+        help="run an N-node cluster on 127.0.0.1",
+        description="Run an N-node cluster on 127.0.0.1, each node a 'slimsched serve' process. The "
+        "nodes read the same environment as 'serve' (SlimFaas__JobsConfiguration, SLIMSCHED_*, "
+        "SlimData__BackupDirectory: one subdirectory per node); the flags below win over it.",
+    )
+    local.add_argument("--nodes", type=int, default=3, help="how many nodes (default: %(default)s)")
+    local.add_argument(
+        "--data-dir", default="data/local", help="Raft data, one subdirectory per node (default: %(default)s)"
+    )
+    local.add_argument(
+        "--jobs-config",
+        help="a file holding the SlimFaas-format job configuration (default: SLIMSCHED_JOBS_CONFIGURATION, "
+        "SlimFaas__JobsConfiguration or SLIMSCHED_JOBS_CONFIGURATION_FILE, else a demo)",
+    )
+    local.add_argument(
+        "--kubeconfig",
+        help="dispatch to this cluster (default: SLIMSCHED_KUBE_MODE if set, else the embedded API emulator)",
+    )
+    local.add_argument(
+        "--http-port", type=int, default=5000, help="HTTP port of node 0, then +1 each (default: %(default)s)"
+    )
+    local.add_argument(
+        "--raft-port", type=int, default=3262, help="Raft port of node 0, then +1 each (default: %(default)s)"
+    )
     local.set_defaults(func=cmd_local)
 
     sub.add_parser(
@@ -209,6 +301,25 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("file")
     restore.add_argument("--to", required=True, metavar="URL", help="any node's HTTP URL (http://host:5000)")
     restore.set_defaults(func=cmd_backup_restore)
+    slimfaas = backup_sub.add_parser(
+        "import-slimfaas",
+        help="create the schedules of a SlimFaas schedule-jobs-backup.json in a cluster",
+        description="Read a SlimFaas schedule backup "
+        "(SlimData__BackupDirectory/schedule-jobs-backup.json) and create each of its schedules "
+        "through POST /job-schedules/{job} of a running cluster. A schedule "
+        "the job already has (same Schedule, Args, Image, DependsOn) is skipped.",
+    )
+    slimfaas.add_argument("file", help="the SlimFaas backup file")
+    slimfaas.add_argument(
+        "--server",
+        default=os.environ.get("SLIMSCHED_SERVER", "http://127.0.0.1:5000"),
+        metavar="URL",
+        help="any node's HTTP URL (default: SLIMSCHED_SERVER, else %(default)s)",
+    )
+    slimfaas.add_argument(
+        "--dry-run", action="store_true", help="print what would be created and send nothing (default: off)"
+    )
+    slimfaas.set_defaults(func=cmd_backup_import_slimfaas)
     return parser
 
 
@@ -222,6 +333,12 @@ def cmd_backup_restore(args: argparse.Namespace) -> int:
     from slimsched.backup import cli_restore
 
     return cli_restore(args.file, args.to, sys.stdout, sys.stderr)
+
+
+def cmd_backup_import_slimfaas(args: argparse.Namespace) -> int:
+    from slimsched.slimfaas_backup import cli_import
+
+    return cli_import(args.file, args.server, args.dry_run, sys.stdout, sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
