@@ -20,7 +20,7 @@ import orjson
 from slimsched.emulator import EmulatorThread, Mode
 from slimsched.kube import KubeClient
 from tests.realk8s.images import ImageScript, ImageWebhook
-from tests.realk8s.kubeadmin import Credentials, KubeAdmin
+from tests.realk8s.kubeadmin import Credentials, KubeAdmin, wait
 
 _namespaces = itertools.count(1)
 
@@ -149,34 +149,40 @@ class RealBackend:
         self.webhook.set(image, script)
 
     def deployment(self, name: str, *, replicas: int, ready: bool) -> None:
-        # Pods that cannot be scheduled never get ready: a nodeSelector no node has.
-        selector = {} if ready else {"slimsched-test/no-such-node": "true"}
+        # Pods nobody schedules never get ready: the fake kubelet binds only the default
+        # scheduler's pods (and ignores nodeSelector). Returns once the pods exist.
+        scheduler = "default-scheduler" if ready else "slimsched-test-nobody"
         path = f"/apis/apps/v1/namespaces/{self.namespace}/deployments"
         if self.admin.get(f"{path}/{name}") is not None:
-            self.admin.merge_patch(
-                f"{path}/{name}",
-                {"spec": {"replicas": replicas, "template": {"spec": {"nodeSelector": selector or None}}}},
-            )
-            return
-        self.admin.create(
-            path,
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": name},
-                "spec": {
-                    "replicas": replicas,
-                    "selector": {"matchLabels": {"app": name}},
-                    "template": {
-                        "metadata": {"labels": {"app": name}},
-                        "spec": {
-                            "nodeSelector": selector,
-                            "containers": [{"name": name, "image": f"slimsched-test/{name}:1"}],
+            patch = {"spec": {"replicas": replicas, "template": {"spec": {"schedulerName": scheduler}}}}
+            self.admin.merge_patch(f"{path}/{name}", patch)
+        else:
+            self.admin.create(
+                path,
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "replicas": replicas,
+                        "selector": {"matchLabels": {"app": name}},
+                        "template": {
+                            "metadata": {"labels": {"app": name}},
+                            "spec": {
+                                "schedulerName": scheduler,
+                                "containers": [{"name": name, "image": f"slimsched-test/{name}:1"}],
+                            },
                         },
                     },
                 },
-            },
-        )
+            )
+        if not ready:
+            pods = f"/api/v1/namespaces/{self.namespace}/pods"
+            wait(
+                lambda: len(self.admin.items(pods, f"app={name}")) >= replicas,
+                30,
+                f"the pods of Deployment {name}",
+            )
 
     def cronjob(self, name: str, obj: Mapping[str, Any]) -> None:
         # Kubernetes 1.20 serves CronJob as batch/v1beta1 only.

@@ -182,7 +182,7 @@ async def test_foreground_delete_removes_the_job_and_its_pods(backend: Backend, 
 
 async def test_deployment_readiness(backend: Backend, kube: KubeClient) -> None:
     assert await kube.workload_ready("db") is False  # no such workload
-    backend.deployment("db", replicas=2, ready=False)
+    backend.deployment("db", replicas=2, ready=False)  # its pods exist, and cannot get ready
     assert await kube.workload_ready("db") is False
     backend.deployment("db", replicas=2, ready=True)
     await eventually(lambda: kube.workload_ready("db"), bool, what="the Deployment ready")
