@@ -293,12 +293,26 @@ def test_an_annotated_cronjob_of_the_real_server_is_a_job(acc: Acceptance) -> No
         },
     )
 
-    def known() -> bool:
-        return request(f"{acc.url()}/job/nightly", timeout=5)[0] == 200
+    ids: list[str] = []
 
-    wait_until(known, 30, "the nodes to discover the CronJob")
-    run_id = acc.trigger("nightly")
-    acc.wait_status("nightly", run_id, "Succeeded")
+    def accepted() -> bool:
+        # Until a node has discovered it, "nightly" is an unknown job (Default: no image).
+        status, answer = request(f"{acc.url()}/job/nightly", "POST", {})
+        if status == 202:
+            ids.append(answer["Id"])
+            return True
+        assert (status, answer["Error"]) == (400, "image_required"), answer
+        return False
+
+    wait_until(accepted, 30, "the nodes to discover the CronJob")
+    acc.wait_status("nightly", ids[0], "Succeeded")
+    [job] = acc.kube_jobs(f"slimsched/run-id={ids[0]}")
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "accept/nightly:1"
+    wait_until(
+        lambda: [s["Schedule"] for s in request(f"{acc.url()}/job-schedules/nightly")[1]] == ["0 3 * * *"],
+        30,
+        "the CronJob's schedule declared",
+    )
 
 
 # --- cron across leader kills (last: it restarts nodes) -------------------------------------------
