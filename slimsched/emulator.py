@@ -35,11 +35,23 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+
+from slimsched.emulator_hooks import add_hook_routes
+from slimsched.emulator_http import (
+    API_MEDIA_TYPES,
+    accepts_api_media_type,
+    json_response,
+    list_response,
+    not_found,
+    read_object,
+    status,
+)
+from slimsched.jobtimeline import JobPlan, Mode, Phase, PhaseAt, timeline
+from slimsched.labelselector import SelectorError, parse_label_selector, selector_matches
 
 T = TypeVar("T")
 
@@ -52,9 +64,6 @@ POD_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_SELECTOR_TERM = re.compile(r"\s*(!)?\s*([A-Za-z0-9._/-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9._-]*))?\s*")
-_SELECTOR_SET_TERM = re.compile(r"\s*([A-Za-z0-9._/-]+)\s+(in|notin)\s*\(([A-Za-z0-9._,\s-]*)\)\s*")
-_SELECTOR_SPLIT = re.compile(r",(?![^()]*\))")  # commas outside parentheses
 
 
 def rfc3339(t: float) -> str:
@@ -65,150 +74,6 @@ def rfc3339(t: float) -> str:
 @functools.lru_cache(maxsize=16)  # a create stamps the same second 3 times, a burst hundreds
 def _rfc3339_second(second: int) -> str:
     return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# --- pure logic: label selectors and the job timeline ------------------------------------------
-
-
-@dataclass(frozen=True)
-class Requirement:
-    key: str
-    op: str  # "=", "!=", "exists", "!exists", "in", "notin"
-    value: str = ""
-    values: frozenset[str] = frozenset()  # of "in" and "notin"
-
-
-class SelectorError(ValueError):
-    pass
-
-
-def parse_label_selector(selector: str) -> list[Requirement]:
-    """``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``, ``k in (a,b)``, ``k notin (a,b)``, comma separated."""
-    reqs: list[Requirement] = []
-    for term in _SELECTOR_SPLIT.split(selector):
-        if not term.strip():
-            continue
-        set_term = _SELECTOR_SET_TERM.fullmatch(term)
-        if set_term is not None:
-            key, op, raw = set_term.groups()
-            values = frozenset(v.strip() for v in raw.split(",") if v.strip())
-            if not values:
-                raise SelectorError(f"unable to parse requirement: {term.strip()!r}: empty set")
-            reqs.append(Requirement(key, op, values=values))
-            continue
-        m = _SELECTOR_TERM.fullmatch(term)
-        if m is None:
-            raise SelectorError(f"unable to parse requirement: {term.strip()!r}")
-        negated, key, op, value = m.groups()
-        if negated and op:
-            raise SelectorError(f"unable to parse requirement: {term.strip()!r}")
-        if op is None:
-            reqs.append(Requirement(key, "!exists" if negated else "exists"))
-        else:
-            reqs.append(Requirement(key, "!=" if op == "!=" else "=", value or ""))
-    return reqs
-
-
-def selector_matches(labels: Mapping[str, str], reqs: list[Requirement]) -> bool:
-    for r in reqs:
-        if r.op == "exists" and r.key not in labels:
-            return False
-        if r.op == "!exists" and r.key in labels:
-            return False
-        if r.op == "=" and labels.get(r.key) != r.value:
-            return False
-        if r.op == "!=" and labels.get(r.key) == r.value:
-            return False
-        if r.op == "in" and labels.get(r.key) not in r.values:
-            return False
-        if r.op == "notin" and labels.get(r.key) in r.values:
-            return False
-    return True
-
-
-class Mode(StrEnum):
-    """What the simulated container of an image does."""
-
-    SUCCEED = "succeed"
-    FAIL = "fail"
-    IMAGE_PULL_BACK_OFF = "image_pull_backoff"
-    HANG = "hang"
-
-
-class Phase(StrEnum):
-    PENDING = "Pending"
-    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-
-    @property
-    def finished(self) -> bool:
-        return self in (Phase.SUCCEEDED, Phase.FAILED)
-
-
-@dataclass(frozen=True)
-class JobPlan:
-    """Everything that decides a simulated job's timeline, fixed when the job is created."""
-
-    created_at: float
-    mode: Mode
-    pending_seconds: float
-    run_seconds: float
-    active_deadline_seconds: int | None = None
-    forced_at: float | None = None
-    forced_success: bool = True
-
-
-@dataclass(frozen=True)
-class PhaseAt:
-    """A phase a simulated job enters at ``since`` (``reason`` for a failure)."""
-
-    phase: Phase
-    since: float
-    reason: str | None = None
-
-
-def timeline(plan: JobPlan) -> list[PhaseAt]:
-    """Every phase a simulated job goes through, in order; it starts Pending at creation."""
-    start = plan.created_at + plan.pending_seconds
-    events: list[PhaseAt] = []
-    if plan.mode is Mode.IMAGE_PULL_BACK_OFF:
-        events.append(PhaseAt(Phase.IMAGE_PULL_BACK_OFF, start, "ImagePullBackOff"))
-    else:
-        events.append(PhaseAt(Phase.RUNNING, start))
-        end = start + plan.run_seconds
-        if plan.mode is Mode.SUCCEED:
-            events.append(PhaseAt(Phase.SUCCEEDED, end))
-        elif plan.mode is Mode.FAIL:
-            events.append(PhaseAt(Phase.FAILED, end, "BackoffLimitExceeded"))
-    if plan.forced_at is not None:
-        if plan.forced_success:
-            events.append(PhaseAt(Phase.SUCCEEDED, plan.forced_at))
-        else:
-            events.append(PhaseAt(Phase.FAILED, plan.forced_at, "BackoffLimitExceeded"))
-    if plan.active_deadline_seconds is not None:
-        deadline = plan.created_at + plan.active_deadline_seconds
-        events.append(PhaseAt(Phase.FAILED, deadline, "DeadlineExceeded"))
-    # Stable: at equal times the container's own events come first; nothing happens after the end.
-    events.sort(key=lambda e: e.since)
-    out = [PhaseAt(Phase.PENDING, plan.created_at)]
-    for event in events:
-        out.append(event)
-        if event.phase.finished:
-            break
-    return out
-
-
-def phase_at(plan: JobPlan, now: float) -> tuple[PhaseAt, float | None]:
-    """The phase a simulated job is in at ``now``, and when it next changes (None: not by itself)."""
-    events = timeline(plan)
-    current = events[0]
-    for event in events[1:]:
-        if event.since > now:
-            return current, event.since
-        current = event
-    return current, None
 
 
 # --- in-memory objects ---------------------------------------------------------------------------
@@ -262,38 +127,6 @@ class _SimJob:
         if self._timeline is None or self._timeline[0] is not self.plan:
             self._timeline = (self.plan, timeline(self.plan))
         return self._timeline[1]
-
-
-def _status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> web.Response:
-    body: dict[str, Any] = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-    if details is not None:
-        body["details"] = details
-    return _json(body, status=code)
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-def _not_found(resource: str, name: str) -> web.Response:
-    """``resource`` as the API server names it in messages: "jobs.batch", "pods"..."""
-    plural, _, group = resource.partition(".")
-    details = {"name": name, "kind": plural, **({"group": group} if group else {})}
-    return _status(404, "NotFound", f'{resource} "{name}" not found', details)
-
-
-def _list(kind: str, api_version: str, items: list[dict[str, Any]], rv: int) -> web.Response:
-    return _json(
-        {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(rv)}, "items": items}
-    )
 
 
 class Emulator:
@@ -444,6 +277,11 @@ class Emulator:
         }
         self._cronjobs[(namespace, name)] = cronjob
         return copy.deepcopy(cronjob)
+
+    def job(self, name: str, *, namespace: str = "default") -> dict[str, Any] | None:
+        """The Job object as the API would show it (a copy), or None."""
+        sim = self._jobs.get((namespace, name))
+        return None if sim is None else _json_copy(sim.obj)
 
     def creations(self) -> list[CreateAttempt]:
         return list(self._creations)
@@ -645,21 +483,21 @@ class Emulator:
         problem = _job_problem(body)
         if problem is not None:
             self._creations.append(CreateAttempt(namespace, name, "invalid", ts))
-            return _status(
+            return status(
                 422,
                 "Invalid",
                 f'Job.batch "{name}" is invalid: {problem}',
                 {"name": name, "group": "batch", "kind": "Job"},
             )
         if meta.get("namespace") not in (None, "", namespace):
-            return _status(
+            return status(
                 400,
                 "BadRequest",
                 "the namespace of the provided object does not match the namespace sent on the request",
             )
         if (namespace, name) in self._jobs:
             self._creations.append(CreateAttempt(namespace, name, "conflict", ts))
-            return _status(
+            return status(
                 409,
                 "AlreadyExists",
                 f'jobs.batch "{name}" already exists',
@@ -745,7 +583,7 @@ class Emulator:
         self._advance((namespace, name), sim, now)
         self._step(now)
         self._wake.set()
-        return _json(job, status=201)
+        return json_response(job, status=201)
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -766,34 +604,25 @@ class Emulator:
         app.router.add_get(f"{core}/pods/{{name}}", self._h_get_pod)
         app.router.add_get(f"{core}/pods/{{name}}/log", self._h_pod_log)
         app.router.add_get(f"{apps}/{{resource:deployments|statefulsets}}/{{name}}", self._h_get_workload)
-        hooks = "/_emulator"
-        app.router.add_put(f"{hooks}/images", self._h_hook_image)
-        app.router.add_put(f"{hooks}/timing", self._h_hook_timing)
-        app.router.add_put(
-            f"{hooks}/namespaces/{{ns}}/{{resource:deployments|statefulsets}}/{{name}}", self._h_hook_workload
-        )
-        app.router.add_put(f"{hooks}/namespaces/{{ns}}/cronjobs/{{name}}", self._h_hook_cronjob)
-        app.router.add_post(f"{hooks}/namespaces/{{ns}}/jobs/{{name}}/finish", self._h_hook_finish)
-        app.router.add_post(f"{hooks}/namespaces/{{ns}}/pods/{{name}}/log", self._h_hook_log)
-        app.router.add_get(f"{hooks}/creations", self._h_hook_creations)
+        add_hook_routes(app, self)
         app.router.add_route("*", "/{tail:.*}", self._h_unknown)
         return app
 
     async def _h_unknown(self, request: web.Request) -> web.Response:
-        return _status(404, "NotFound", "the server could not find the requested resource")
+        return status(404, "NotFound", "the server could not find the requested resource")
 
     async def _h_create_job(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":
             # As kube-apiserver since 1.2: a body without a JSON (or YAML) Content-Type is refused.
-            return _status(
+            return status(
                 415,
                 "UnsupportedMediaType",
                 "the body of the request was in an unknown format - accepted media types include: "
                 "application/json, application/yaml, application/vnd.kubernetes.protobuf",
             )
-        body = await _read_object(request)
+        body = await read_object(request)
         if not isinstance(body, dict):
-            return _status(400, "BadRequest", "the request body is not a JSON object")
+            return status(400, "BadRequest", "the request body is not a JSON object")
         return self._create_job(request.match_info["ns"], body)
 
     async def _h_list_jobs(self, request: web.Request) -> web.Response:
@@ -802,28 +631,28 @@ class Emulator:
     async def _h_get_job(self, request: web.Request) -> web.Response:
         sim = self._jobs.get((request.match_info["ns"], request.match_info["name"]))
         if sim is None:
-            return _not_found("jobs.batch", request.match_info["name"])
-        return _json(sim.obj)
+            return not_found("jobs.batch", request.match_info["name"])
+        return json_response(sim.obj)
 
     async def _h_delete_job(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["ns"], request.match_info["name"]
         policy = request.query.get("propagationPolicy")
         if request.can_read_body:
-            options = await _read_object(request)
+            options = await read_object(request)
             if isinstance(options, dict) and options.get("propagationPolicy"):
                 policy = str(options["propagationPolicy"])
         if policy not in (None, "Orphan", "Background", "Foreground"):
-            return _status(400, "BadRequest", f"unsupported propagationPolicy {policy!r}")
+            return status(400, "BadRequest", f"unsupported propagationPolicy {policy!r}")
         sim = self._jobs.pop((ns, name), None)
         if sim is None:
-            return _not_found("jobs.batch", name)
+            return not_found("jobs.batch", name)
         pod_key = (ns, sim.pod.obj["metadata"]["name"])
         if policy in ("Background", "Foreground"):
             self._pods.pop(pod_key, None)
         else:  # batch/v1 Jobs orphan their pods unless told otherwise
             sim.pod.obj["metadata"].pop("ownerReferences", None)
         self._notify()
-        return _json(
+        return json_response(
             {
                 "kind": "Status",
                 "apiVersion": "v1",
@@ -845,8 +674,8 @@ class Emulator:
     async def _h_get_cronjob(self, version: str, request: web.Request) -> web.Response:
         obj = self._cronjobs.get((request.match_info["ns"], request.match_info["name"]))
         if obj is None:
-            return _not_found("cronjobs.batch", request.match_info["name"])
-        return _json({**obj, "apiVersion": f"batch/{version}"})
+            return not_found("cronjobs.batch", request.match_info["name"])
+        return json_response({**obj, "apiVersion": f"batch/{version}"})
 
     async def _h_list_pods(self, request: web.Request) -> web.Response:
         return self._filtered("PodList", "v1", request, ((k, p.obj) for k, p in self._pods.items()))
@@ -854,15 +683,15 @@ class Emulator:
     async def _h_get_pod(self, request: web.Request) -> web.Response:
         pod = self._pods.get((request.match_info["ns"], request.match_info["name"]))
         if pod is None:
-            return _not_found("pods", request.match_info["name"])
-        return _json(pod.obj)
+            return not_found("pods", request.match_info["name"])
+        return json_response(pod.obj)
 
     async def _h_get_workload(self, request: web.Request) -> web.Response:
         resource, name = request.match_info["resource"], request.match_info["name"]
         obj = self._workloads.get((resource, request.match_info["ns"], name))
         if obj is None:
-            return _not_found(f"{resource}.apps", name)
-        return _json(obj)
+            return not_found(f"{resource}.apps", name)
+        return json_response(obj)
 
     def _filtered(
         self,
@@ -875,36 +704,36 @@ class Emulator:
         try:
             reqs = parse_label_selector(request.query.get("labelSelector", ""))
         except SelectorError as e:
-            return _status(400, "BadRequest", str(e))
+            return status(400, "BadRequest", str(e))
         # As the API server, a list names the kind once: its items carry no apiVersion and kind.
         items = [
             {k: v for k, v in obj.items() if k not in _LIST_ITEM_OMITS}
             for (obj_ns, _), obj in objects
             if obj_ns == ns and selector_matches(obj["metadata"].get("labels") or {}, reqs)
         ]
-        return _list(kind, api_version, items, next(self._rv))
+        return list_response(kind, api_version, items, next(self._rv))
 
     async def _h_pod_log(self, request: web.Request) -> web.StreamResponse:
         ns, name = request.match_info["ns"], request.match_info["name"]
         if not accepts_api_media_type(request.headers.get("Accept", "")):
             # kube-apiserver negotiates a log like any answer, among its serializers only: a
             # client asking for text/plain gets 406 although the log is sent as text/plain.
-            return _status(
+            return status(
                 406,
                 "NotAcceptable",
                 "only the following media types are accepted: " + ", ".join(API_MEDIA_TYPES),
             )
         pod = self._pods.get((ns, name))
         if pod is None:
-            return _not_found("pods", name)
+            return not_found("pods", name)
         container = pod.obj["spec"]["containers"][0]["name"]
         if request.query.get("container") not in (None, container):
-            return _status(
+            return status(
                 400, "BadRequest", f"container {request.query['container']} is not valid for pod {name}"
             )
         if not pod.started:
             waiting = pod.obj["status"]["containerStatuses"][0]["state"].get("waiting") or {}
-            return _status(
+            return status(
                 400,
                 "BadRequest",
                 f'container "{container}" in pod "{name}" is waiting to start: '
@@ -913,7 +742,7 @@ class Emulator:
         try:
             tail = int(request.query["tailLines"]) if "tailLines" in request.query else None
         except ValueError:
-            return _status(400, "BadRequest", "tailLines must be an integer")
+            return status(400, "BadRequest", "tailLines must be an integer")
         lines = pod.log if tail is None else pod.log[max(0, len(pod.log) - tail) :] if tail > 0 else []
         if request.query.get("follow") != "true":
             return web.Response(text="".join(f"{line}\n" for line in lines), content_type="text/plain")
@@ -945,107 +774,8 @@ class Emulator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), FOLLOW_WAKE_SECONDS)
 
-    async def _h_hook_image(self, request: web.Request) -> web.Response:
-        body = await _read_object(request)
-        if not isinstance(body, dict) or not isinstance(body.get("image"), str):
-            return _status(400, "BadRequest", 'expected {"image": str, "mode": str}')
-        log = body.get("log")
-        if log is not None and not (isinstance(log, list) and all(isinstance(x, str) for x in log)):
-            return _status(400, "BadRequest", "log must be a list of strings")
-        try:
-            behaviour = self.set_image_behaviour(
-                body["image"],
-                str(body.get("mode", Mode.SUCCEED)),
-                pending_seconds=_opt_float(body.get("pendingSeconds")),
-                run_seconds=_opt_float(body.get("runSeconds")),
-                log=log,
-            )
-        except ValueError as e:
-            return _status(400, "BadRequest", str(e))
-        return _json({"image": body["image"], "mode": behaviour.mode.value})
-
-    async def _h_hook_timing(self, request: web.Request) -> web.Response:
-        body = await _read_object(request)
-        if not isinstance(body, dict):
-            return _status(400, "BadRequest", "expected a JSON object")
-        try:
-            self.set_timing(
-                pending_seconds=_opt_float(body.get("pendingSeconds")),
-                run_seconds=_opt_float(body.get("runSeconds")),
-            )
-        except (TypeError, ValueError) as e:
-            return _status(400, "BadRequest", str(e))
-        return _json({"pendingSeconds": self.pending_seconds, "runSeconds": self.run_seconds})
-
-    async def _h_hook_workload(self, request: web.Request) -> web.Response:
-        body = await _read_object(request)
-        if not isinstance(body, dict):
-            return _status(400, "BadRequest", "expected a JSON object")
-        replicas, ready = body.get("replicas", 1), body.get("readyReplicas", 0)
-        if not isinstance(replicas, int) or not isinstance(ready, int):
-            return _status(400, "BadRequest", "replicas and readyReplicas must be integers")
-        obj = self.set_workload(
-            request.match_info["resource"],
-            request.match_info["name"],
-            replicas=replicas,
-            ready_replicas=ready,
-            namespace=request.match_info["ns"],
-        )
-        return _json(obj)
-
-    async def _h_hook_cronjob(self, request: web.Request) -> web.Response:
-        body = await _read_object(request)
-        if not isinstance(body, dict):
-            return _status(400, "BadRequest", "expected a JSON object")
-        return _json(self.put_cronjob(request.match_info["name"], body, namespace=request.match_info["ns"]))
-
-    async def _h_hook_finish(self, request: web.Request) -> web.Response:
-        body = await _read_object(request)
-        succeeded = bool(body.get("succeeded", True)) if isinstance(body, dict) else True
-        ns, name = request.match_info["ns"], request.match_info["name"]
-        if not self.finish_job(name, succeeded=succeeded, namespace=ns):
-            return _status(404, "NotFound", f'no unfinished job "{name}"')
-        return _json(self._jobs[(ns, name)].obj)
-
-    async def _h_hook_log(self, request: web.Request) -> web.Response:
-        body = await _read_object(request)
-        lines = body.get("lines") if isinstance(body, dict) else None
-        if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
-            return _status(400, "BadRequest", 'expected {"lines": [str, ...]}')
-        if not self.append_log(request.match_info["name"], lines, namespace=request.match_info["ns"]):
-            return _not_found("pods", request.match_info["name"])
-        return _json({"appended": len(lines)})
-
-    async def _h_hook_creations(self, request: web.Request) -> web.Response:
-        return _json(
-            {
-                "items": [
-                    {
-                        "namespace": c.namespace,
-                        "name": c.name,
-                        "outcome": c.outcome,
-                        "at": c.at,
-                        "atUnix": c.at_unix,
-                    }
-                    for c in self._creations
-                ]
-            }
-        )
-
 
 _LIST_ITEM_OMITS = frozenset({"apiVersion", "kind"})
-API_MEDIA_TYPES = ("application/json", "application/yaml", "application/vnd.kubernetes.protobuf")
-
-
-def accepts_api_media_type(accept: str) -> bool:
-    """Whether an ``Accept`` header admits one of the API server's serializers (empty: any)."""
-    if not accept.strip():
-        return True
-    for media_range in accept.split(","):
-        kind = media_range.split(";", 1)[0].strip().lower()
-        if kind in ("*/*", "application/*") or kind in API_MEDIA_TYPES:
-            return True
-    return False
 
 
 def _job_problem(body: Mapping[str, Any]) -> str | None:
@@ -1072,16 +802,6 @@ def _job_problem(body: Mapping[str, Any]) -> str | None:
     return None
 
 
-async def _read_object(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw:
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-
-
 def _json_copy(obj: Any) -> Any:
     """A deep copy of plain JSON data (several times faster than ``copy.deepcopy``)."""
     return orjson.loads(orjson.dumps(obj))
@@ -1089,14 +809,6 @@ def _json_copy(obj: Any) -> Any:
 
 def _first(value: float | None, default: float) -> float:
     return default if value is None else value
-
-
-def _opt_float(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number, got {value!r}")
-    return float(value)
 
 
 class EmulatorThread:

@@ -21,19 +21,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from slimsched.emulator import (
-    Emulator,
-    EmulatorThread,
-    JobPlan,
-    Mode,
-    Phase,
-    PhaseAt,
-    Requirement,
-    SelectorError,
-    parse_label_selector,
-    phase_at,
-    selector_matches,
-)
+from slimsched.emulator import Emulator, EmulatorThread
 from slimsched.errors import KubeError
 from slimsched.jobmanifest import (
     LABEL_MANAGED_BY,
@@ -43,7 +31,9 @@ from slimsched.jobmanifest import (
     run_status_from_job,
     runs_selector,
 )
+from slimsched.jobtimeline import JobPlan, Mode, Phase, PhaseAt, phase_at
 from slimsched.kube import KubeClient
+from slimsched.labelselector import Requirement, SelectorError, parse_label_selector, selector_matches
 from slimsched.model import EnvVar, JobSpec, KeyRef, ResourceFieldRef, Resources, Run, RunStatus
 
 T = TypeVar("T")

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from slimsched.emulator import EmulatorThread, Mode
+from slimsched.emulator import EmulatorThread
+from slimsched.jobtimeline import Mode
 from slimsched.kube import KubeClient
 from tests.realk8s.images import ImageScript, ImageWebhook
 from tests.realk8s.kubeadmin import Credentials, KubeAdmin, wait
