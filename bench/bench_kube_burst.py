@@ -8,14 +8,34 @@ of the client's thread pool. For each row: the time from the first create to the
 answer, the median, and the CPU the client process and the emulator spent on the burst.
 
 Run: ``.venv/bin/python -m bench.bench_kube_burst [--jobs 240] [--rounds 3]``
+
+``--kubeconfig FILE`` measures against that cluster's real API server instead (a namespace of its
+own, deleted at the end): ``KubeClient.create_job`` with the leader's thread pool and in-flight
+cap, next to a plain create loop on the same server in the same run (as many threads, each
+POSTing ready-made JSON over one kept-alive ``http.client`` connection), the two alternating
+round by round. Both create the same manifests with ``parallelism: 0`` so that the job controller
+starts no pods during the burst (a pod per Job would load the server the two paths share). The
+kubeconfig's current context must authenticate with a bearer token (realk8s's does):
+``bash ../shared/tools/realk8s.sh up &`` then
+``.venv/bin/python -m bench.bench_kube_burst --kubeconfig ~/.cache/realk8s/kubeconfig``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import http.client
+import os
+import ssl
+import threading
 import time
+import urllib.parse
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
+import yaml
 
 from bench._common import BENCH_JOB, BENCH_JOBS_CONFIGURATION, cpu_seconds, emulator_process, say, table
 from slimsched import jobconfig, kube
@@ -26,7 +46,7 @@ THREADS = (1, 2, 4, 8)
 IN_FLIGHT = 64  # the leader's max_concurrent_dispatches
 
 
-def manifests(n: int, tick: int) -> list[dict[str, Any]]:
+def manifests(n: int, tick: int, namespace: str = "default") -> list[dict[str, Any]]:
     spec = jobconfig.merge(
         jobconfig.parse_jobs_configuration(BENCH_JOBS_CONFIGURATION).job(BENCH_JOB), JobOverrides()
     )
@@ -45,7 +65,7 @@ def manifests(n: int, tick: int) -> list[dict[str, Any]]:
             dispatch_term=1,
             dispatch_index=i,
         )
-        out.append(build_job_manifest(run, namespace="default", raft_term=1, raft_index=i, schedule_id=None))
+        out.append(build_job_manifest(run, namespace=namespace, raft_term=1, raft_index=i, schedule_id=None))
     return out
 
 
@@ -97,11 +117,149 @@ async def measure(url: str, emulator_pid: int, jobs: int, rounds: int) -> list[l
     return rows
 
 
+# --- against a real API server ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    port: int
+    token: str
+    ssl: ssl.SSLContext
+
+    @staticmethod
+    def from_kubeconfig(path: str) -> Server:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+        context = {c["name"]: c["context"] for c in config["contexts"]}[config["current-context"]]
+        cluster = {c["name"]: c["cluster"] for c in config["clusters"]}[context["cluster"]]
+        user = {u["name"]: u["user"] for u in config["users"]}[context["user"]]
+        if "token" not in user or "certificate-authority-data" not in cluster:
+            raise SystemExit(f"{path}: the bench needs a bearer token and certificate-authority-data")
+        url = urllib.parse.urlsplit(cluster["server"])
+        ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
+        return Server(
+            url.hostname or "127.0.0.1", url.port or 443, user["token"], ssl.create_default_context(cadata=ca)
+        )
+
+    def connection(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(self.host, self.port, context=self.ssl, timeout=30)
+
+    def call(self, conn: http.client.HTTPSConnection, method: str, path: str, body: bytes | None) -> int:
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+
+
+def plain_burst(server: Server, namespace: str, batch: list[dict[str, Any]], threads: int) -> list[float]:
+    """POST every manifest from ``threads`` threads, one kept-alive connection each."""
+    bodies = [orjson.dumps(m) for m in batch]
+    path = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+    lock = threading.Lock()
+    done: list[float] = []
+    failures: list[int] = []
+    t0 = time.perf_counter()
+
+    def worker() -> None:
+        conn = server.connection()
+        try:
+            while True:
+                with lock:
+                    if not bodies:
+                        return
+                    body = bodies.pop()
+                status = server.call(conn, "POST", path, body)
+                with lock:
+                    if status == 201:
+                        done.append(time.perf_counter() - t0)
+                    else:
+                        failures.append(status)
+        finally:
+            conn.close()
+
+    workers = [threading.Thread(target=worker, name=f"plain-create-{i}") for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+    if failures or len(done) != len(batch):
+        raise RuntimeError(
+            f"plain creates failed: statuses {failures[:5]}, {len(done)} of {len(batch)} created"
+        )
+    return sorted(done)
+
+
+async def measure_real(kubeconfig: str, jobs: int, rounds: int) -> list[list[object]]:
+    server = Server.from_kubeconfig(kubeconfig)
+    namespace = f"bench-kube-burst-{os.getpid()}"
+    conn = server.connection()
+    body = orjson.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    if server.call(conn, "POST", "/api/v1/namespaces", body) != 201:
+        raise SystemExit(f"cannot create namespace {namespace}")
+    threads = kube.CALL_THREADS
+    client = kube.KubeClient.from_kubeconfig(kubeconfig, namespace, call_threads=threads)
+    rows: list[list[object]] = []
+    tick = 1_800_000_000
+
+    def batch_of(n: int) -> list[dict[str, Any]]:
+        nonlocal tick
+        tick += 60
+        out = manifests(n, tick, namespace)
+        for m in out:
+            m["spec"]["parallelism"] = 0  # no pods: the burst alone loads the server
+        return out
+
+    try:
+        await burst(client, batch_of(20))  # connections opened, code warm
+        await asyncio.to_thread(plain_burst, server, namespace, batch_of(20), threads)
+        for r in range(rounds):
+            for path in ("KubeClient.create_job", "plain http.client loop"):
+                batch = batch_of(jobs)
+                c0 = time.process_time()
+                if path == "KubeClient.create_job":
+                    done = await burst(client, batch)
+                else:
+                    done = await asyncio.to_thread(plain_burst, server, namespace, batch, threads)
+                c1 = time.process_time()
+                rows.append(
+                    [
+                        path,
+                        r + 1,
+                        jobs,
+                        f"{done[-1] * 1000:.0f}",
+                        f"{done[len(done) // 2] * 1000:.0f}",
+                        f"{jobs / done[-1]:.0f}",
+                        f"{(c1 - c0) * 1e6 / jobs:.0f}",
+                    ]
+                )
+                say(f"{path} round {r + 1}: {jobs / done[-1]:.0f} creates/s")
+    finally:
+        await client.close()
+        server.call(conn, "DELETE", f"/api/v1/namespaces/{namespace}", None)
+        conn.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=240)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kubeconfig", help="measure against this cluster's API server, not the emulator")
     args = parser.parse_args(argv)
+    if args.kubeconfig:
+        rows = asyncio.run(measure_real(args.kubeconfig, args.jobs, args.rounds))
+        print()
+        print(
+            table(
+                ["path", "round", "Jobs", "first to last ms", "p50 ms", "creates/s", "client CPU us/create"],
+                rows,
+            )
+        )
+        return
     with emulator_process() as (url, pid):
         rows = asyncio.run(measure(url, pid, args.jobs, args.rounds))
     print()
