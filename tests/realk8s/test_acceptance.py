@@ -274,7 +274,13 @@ def test_an_annotated_cronjob_of_the_real_server_is_a_job(acc: Acceptance) -> No
     acc.backend.cronjob(
         "nightly",
         {
-            "metadata": {"annotations": {"SlimFaas/Job": "true", "SlimFaas/DefaultVisibility": "Public"}},
+            "metadata": {
+                "annotations": {
+                    "SlimFaas/Job": "true",
+                    "SlimFaas/DefaultVisibility": "Public",
+                    "SlimFaas/Schedules": '[{"Schedule": "0 3 * * *"}]',
+                }
+            },
             "spec": {
                 "schedule": "0 3 * * *",
                 "suspend": True,
@@ -311,7 +317,7 @@ def test_an_annotated_cronjob_of_the_real_server_is_a_job(acc: Acceptance) -> No
     wait_until(
         lambda: [s["Schedule"] for s in request(f"{acc.url()}/job-schedules/nightly")[1]] == ["0 3 * * *"],
         30,
-        "the CronJob's schedule declared",
+        "the CronJob's schedule (its SlimFaas/Schedules annotation) declared",
     )
 
 
