@@ -1,10 +1,8 @@
 """The Raft node: the only module that imports pysyncobj, and its bridge to asyncio.
 
 One replicated method, ``apply(payload: bytes)``, runs ``statemachine.apply_entry`` in pysyncobj's
-thread under a lock that readers share. Snapshots dump only the ``State``, as versioned orjson,
-through ``SyncObjConf(serializer=..., deserializer=..., serializeChecker=...)``: the Raft thread
-takes a shallow copy of the state and a background thread encodes and writes it, so the Raft
-thread never stalls on a large state.
+thread under a lock that readers share. Snapshots are raftdump.py's; the wire's limits are
+raftwire.py's, enforced here by the transport classes (frames capped before authentication).
 
 ``submit`` proposes a command and returns once it is committed and applied on this node. It
 retries on leader changes until its deadline; commands carry a request id, so a command that was
@@ -18,34 +16,49 @@ every member has announced (``hello``) a release that applies it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import errno
 import logging
 import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import orjson
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.config import SERIALIZER_STATE as SERIALIZER_STATE  # re-exported for tests
+from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.tcp_connection import TcpConnection
+from pysyncobj.tcp_server import TcpServer
+from pysyncobj.transport import TCPTransport
 
 from slimsched import heap, statemachine
 from slimsched.errors import Unavailable
-from slimsched.files import fsync_dir
 from slimsched.loopinbox import LoopInbox
+from slimsched.raftdump import DUMP_VERSION as DUMP_VERSION  # re-exported for tests
+from slimsched.raftdump import SNAPSHOT_STOP_SECONDS, DumpState, Snapshotter
+from slimsched.raftdump import compaction_due as compaction_due  # re-exported for tests
+from slimsched.raftwire import (
+    HANDSHAKE_FRAME_BYTES,
+    TransportCounters,
+    frame_cap_bytes,
+    warn_rarely,
+)
+from slimsched.raftwire import MAX_BATCH_BYTES as MAX_BATCH_BYTES  # re-exported
 from slimsched.settings import RaftTimings, Settings
 from slimsched.statemachine import Result, State
 
 log = logging.getLogger(__name__)
+if [int(getattr(SERIALIZER_STATE, m.name)) for m in DumpState] != [m.value for m in DumpState]:
+    raise ImportError("pysyncobj's SERIALIZER_STATE values differ from raftdump.DumpState")
 
 T = TypeVar("T")
 # Called in the Raft thread after each entry, with the commands it held and their results.
 AppliedHook = Callable[[tuple[tuple[object, Result], ...]], None]
 
-DUMP_VERSION = 1
 # An entry this large is a restore or a part of one (batches stay under MAX_BATCH_BYTES): applied
 # with the cyclic collector paused, which halves the time every node's Raft thread spends on it.
 # Parts of ~1 MB need it as much: without it, the oldest generation, growing with the staged
@@ -62,10 +75,177 @@ _RETRYABLE = frozenset(
     }
 )
 _LEADER = 2
-SNAPSHOT_PAUSE_SECONDS = 0.0005
-SNAPSHOT_STOP_SECONDS = 5.0  # abandoning a dump takes one piece (~1 ms)
-# Under pysyncobj's appendEntriesBatchSizeBytes (64 KiB): a batch travels as one message.
-MAX_BATCH_BYTES = 60_000
+
+
+class _CappedConnection(TcpConnection):  # type: ignore[misc]
+    """pysyncobj's TcpConnection with a cap on the frame length it agrees to buffer.
+
+    pysyncobj reads everything the socket holds, then parses: a stranger announcing a 2 GiB frame,
+    or streaming 64 MiB, made the node buffer it all before the first authentication check
+    (issue 16). The reader is pysyncobj's own, name-mangled: overriding ``__processRead`` and
+    ``__processParseMessage`` (spelled ``_TcpConnection__...``) is the only hook it offers;
+    pysyncobj is pinned (0.3.17), and tests/test_raft_security.py exercises both over real nodes.
+    After each read, the first pending frame's length is checked against the cap (the
+    handshake cap until a frame has authenticated, then the full one), and reading stops once
+    a whole frame is buffered so that pysyncobj parses it (and checks the next header) first:
+    the buffer never holds more than one capped frame and one ``recv``.
+    """
+
+    _cap = 0
+    _full_cap = 0
+    _counters: TransportCounters | None = None
+
+    def set_caps(self, first: int, full: int, counters: TransportCounters) -> None:
+        self._cap, self._full_cap, self._counters = first, full, counters
+
+    def _TcpConnection__processRead(self) -> bool:
+        more: bool = TcpConnection._TcpConnection__processRead(self)
+        buf: bytes = self._TcpConnection__readBuffer
+        if len(buf) < 4 or self._cap <= 0:
+            return more
+        (length,) = struct.unpack_from("i", buf)
+        if not 0 <= length <= self._cap:
+            if self._counters is not None:
+                self._counters.frames_refused += 1
+                warn_rarely(
+                    self._counters,
+                    "Raft: dropped a connection announcing a %d-byte frame (cap %d bytes)",
+                    length,
+                    self._cap,
+                )
+            self.disconnect()
+            return False
+        return more and len(buf) < 4 + length
+
+    def _TcpConnection__processParseMessage(self) -> Any:
+        message = TcpConnection._TcpConnection__processParseMessage(self)
+        if message is not None:
+            self._cap = self._full_cap  # the frame authenticated (or, with no password, parsed)
+        return message
+
+
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_PAUSE_SECONDS = 0.2
+
+
+class _Server(TcpServer):  # type: ignore[misc]
+    """pysyncobj's TcpServer, except that running out of file descriptors does not close it.
+
+    pysyncobj closes its listening socket for good on any accept() error but EAGAIN: one flood of
+    connections to the HTTP port at the open-files limit cut the node out of Raft until restarted
+    (issue 16). Out of descriptors, accepting pauses (the socket is unsubscribed from the poller
+    for ACCEPT_PAUSE_SECONDS, else a readable listener would spin the Raft thread) and resumes
+    from the transport's tick. Any other failure still closes it, and is recorded so that /health
+    fails and Kubernetes restarts the node.
+    """
+
+    def __init__(self, *args: Any, counters: TransportCounters, first_cap: int, full_cap: int, **kw: Any):
+        super().__init__(*args, **kw)
+        self._counters = counters
+        self._first_cap = first_cap
+        self._full_cap = full_cap
+        self._paused_until: float | None = None
+        self._destroying = False
+
+    def _TcpServer__onNewConnection(self, descr: int, event: int) -> None:
+        if event & POLL_EVENT_TYPE.READ:
+            try:
+                sock, _ = self._TcpServer__socket.accept()
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    return
+                if e.errno in _OUT_OF_DESCRIPTORS:
+                    self._counters.accept_failures += 1
+                    warn_rarely(self._counters, "Raft: cannot accept a connection: %s; pausing", e)
+                    self._TcpServer__poller.unsubscribe(descr)
+                    self._paused_until = time.monotonic() + ACCEPT_PAUSE_SECONDS
+                    return
+                self._lose(f"accept failed: {e}")
+                return
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._TcpServer__sendBufferSize)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._TcpServer__recvBufferSize)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setblocking(False)
+                conn = _CappedConnection(
+                    poller=self._TcpServer__poller,
+                    socket=sock,
+                    timeout=self._TcpServer__connectionTimeout,
+                    sendBufferSize=self._TcpServer__sendBufferSize,
+                    recvBufferSize=self._TcpServer__recvBufferSize,
+                    keepalive=self._TcpServer__keepalive,
+                )
+            except OSError:
+                sock.close()  # the peer left already
+                return
+            conn.set_caps(self._first_cap, self._full_cap, self._counters)
+            self._TcpServer__onNewConnectionCallback(conn)
+        if event & POLL_EVENT_TYPE.ERROR:
+            self._lose("the listening socket reported an error")
+
+    def resume_if_due(self) -> None:
+        if self._paused_until is not None and time.monotonic() >= self._paused_until:
+            self._paused_until = None
+            fileno = self._TcpServer__fileno
+            if fileno is not None:
+                self._TcpServer__poller.subscribe(
+                    fileno, self._TcpServer__onNewConnection, POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR
+                )
+
+    def _lose(self, why: str) -> None:
+        self._counters.listener_lost = why
+        log.critical("Raft: the listening socket is closed (%s): this node is out of the cluster", why)
+        self.unbind()
+
+    def unbind(self) -> None:
+        if self._destroying:
+            self._counters.listener_lost = None
+        super().unbind()
+
+
+class _Transport(TCPTransport):  # type: ignore[misc]
+    """pysyncobj's TCP transport with capped frames on every connection and a sturdier listener."""
+
+    def __init__(self, syncObj: _Replica, selfNode: Any, otherNodes: Any) -> None:
+        self._counters: TransportCounters = syncObj.transport_counters
+        self._full_cap: int = syncObj.frame_cap
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    def _createServer(self) -> None:
+        super()._createServer()
+        plain: Any = self._server
+        conf = self._syncObj.conf
+        self._server: Any = _Server(
+            self._syncObj._poller,
+            plain._TcpServer__host,
+            plain._TcpServer__port,
+            onNewConnection=self._onNewIncomingConnection,
+            sendBufferSize=conf.sendBufferSize,
+            recvBufferSize=conf.recvBufferSize,
+            connectionTimeout=conf.connectionTimeout,
+            counters=self._counters,
+            first_cap=HANDSHAKE_FRAME_BYTES,
+            full_cap=self._full_cap,
+        )
+
+    def addNode(self, node: Any) -> None:
+        super().addNode(node)
+        conn = self._connections.get(node)
+        if conn is not None and type(conn) is TcpConnection:
+            # pysyncobj builds the connections it opens itself, by its module's own name; this
+            # one is to a configured peer, so every frame is allowed the full cap.
+            conn.__class__ = _CappedConnection
+            conn.set_caps(self._full_cap, self._full_cap, self._counters)
+
+    def _onTick(self) -> None:
+        if isinstance(self._server, _Server):
+            self._server.resume_if_due()
+        super()._onTick()
+
+    def destroy(self) -> None:
+        if isinstance(self._server, _Server):
+            self._server._destroying = True
+        super().destroy()
 
 
 @dataclass(frozen=True)
@@ -82,134 +262,6 @@ class RaftStatus:
     @property
     def ready(self) -> bool:
         return self.leader is not None and self.applied_index >= self.commit_index
-
-
-def compaction_due(timings: RaftTimings, now: float, last_applied_at: float, applied: int) -> bool:
-    """Compact now: ``applied`` commands since the last dump reach the limit, or the log is quiet.
-
-    Counted in commands, not in entries: pysyncobj counts entries, and a ``batch`` entry holds
-    up to MAX_BATCH_COMMANDS of them, so its own threshold would let the log hold all of them.
-    """
-    if applied >= timings.log_compaction_min_entries:
-        return True
-    quiet = now - last_applied_at >= timings.idle_compaction_seconds
-    return quiet and applied >= timings.idle_compaction_entries
-
-
-class _Snapshotter:
-    """Writes dumps off the Raft thread; pysyncobj polls ``check`` for the outcome."""
-
-    def __init__(self, node: RaftNode) -> None:
-        self._node = node
-        self._thread: threading.Thread | None = None
-        self._outcome: int | None = None
-        self._abandon = threading.Event()
-        self._final = ""  # the dump's path, set by serialize
-        self.applied = 0  # commands applied since the last dump began (Raft thread only)
-        self.last_applied_at = 0.0
-
-    def serialize(self, tmp_file: str, raft_data: tuple[Any, ...]) -> None:
-        # Runs in the Raft thread, right after the entry at raft_data[0] was applied: copy now.
-        self.applied = 0
-        state = self._node._copy_state()
-        self._final = tmp_file.removesuffix(".tmp")
-        self._outcome = None
-        self._thread = threading.Thread(
-            target=self._write,
-            args=(self._final + ".writing", state, raft_data),
-            name="raft-snapshot",
-            daemon=True,
-        )
-        self._thread.start()
-        # pysyncobj now renames tmp_file over the dump; there is no tmp_file, so that rename fails
-        # harmlessly. The dump is replaced by ``check``, once written.
-
-    def _write(self, writing: str, state: State, raft_data: tuple[Any, ...]) -> None:
-        """Write and fsync the dump as ``writing``: the Raft thread publishes it (``check``)."""
-        try:
-            head = orjson.dumps(
-                {"v": DUMP_VERSION, "raft": [_entry_to_json(raft_data[0]), _entry_to_json(raft_data[1])]}
-            )
-            with open(writing, "wb") as f:
-                f.write(head[:-1] + b',"state":')
-                for piece in statemachine.encode_snapshot_chunks(state):
-                    if self._abandon.is_set():
-                        self._outcome = SERIALIZER_STATE.FAILED  # ``abandon`` removes the file
-                        return
-                    f.write(piece)
-                    # Encoding holds the GIL; without a pause it keeps it for whole switch
-                    # intervals (5 ms) against the event loop: the write path's p99 tail.
-                    time.sleep(SNAPSHOT_PAUSE_SECONDS)
-                f.write(b"}")
-                f.flush()
-                os.fsync(f.fileno())
-            self._outcome = SERIALIZER_STATE.SUCCESS
-        except Exception:
-            log.exception("writing the Raft snapshot failed")
-            self._outcome = SERIALIZER_STATE.FAILED
-
-    def abandon(self, timeout: float) -> None:
-        """Stop a dump being written and remove its file (at most ``timeout`` to do it).
-
-        Called once the Raft thread has stopped: a dump it had not published is dropped.
-        """
-        thread = self._thread
-        if thread is not None:
-            self._abandon.set()
-            thread.join(timeout)
-            if not thread.is_alive():  # stopped early or finished unpublished: either way, drop it
-                with contextlib.suppress(OSError):
-                    os.remove(self._final + ".writing")
-
-    def check(self) -> int:
-        """pysyncobj's poll (Raft thread): SUCCESS only once the written dump replaced the old one.
-
-        The dump is published here, not by the writer: pysyncobj compacts its journal to the
-        dump's entries in this same tick on SUCCESS. A dump published earlier, by another thread,
-        could be on disk when the node stops before that tick; at the next start pysyncobj finds
-        that the journal does not begin at the dump's entries, clears the journal and loses every
-        entry after the dump (seen: two of three nodes restarted that way elected a leader
-        without the last acknowledged writes).
-        """
-        if self._thread is None:
-            replica = self._node._replica
-            timings = self._node.settings.timings
-            if replica is not None and compaction_due(
-                timings, time.monotonic(), self.last_applied_at, self.applied
-            ):
-                replica.forceLogCompaction()  # pysyncobj acts on it in this same tick
-            return int(SERIALIZER_STATE.NOT_SERIALIZING)
-        if self._thread.is_alive() or self._outcome is None:
-            return int(SERIALIZER_STATE.SERIALIZING)
-        outcome, self._thread, self._outcome = self._outcome, None, None
-        if outcome == SERIALIZER_STATE.SUCCESS:
-            try:
-                os.replace(self._final + ".writing", self._final)
-                fsync_dir(os.path.dirname(self._final) or ".")
-            except OSError:
-                log.exception("publishing the Raft snapshot failed")
-                return int(SERIALIZER_STATE.FAILED)
-        return int(outcome)
-
-    def deserialize(self, file_name: str) -> tuple[Any, Any, Any]:
-        with open(file_name, "rb") as f, heap.collections_paused():
-            doc = orjson.loads(f.read())
-            if doc.get("v") != DUMP_VERSION:
-                raise ValueError(f"unsupported Raft dump version {doc.get('v')!r}")
-            state = statemachine.snapshot_from_dict(doc["state"])
-        self._node._replace_state(state)
-        if self._node._replica is not None:
-            self._node._replica.defer_election()
-        first, second = doc["raft"]
-        return _entry_from_json(first), _entry_from_json(second), []
-
-
-def _entry_to_json(entry: tuple[bytes, int, int]) -> list[Any]:
-    return [base64.b64encode(entry[0]).decode("ascii"), entry[1], entry[2]]
-
-
-def _entry_from_json(j: list[Any]) -> tuple[bytes, int, int]:
-    return base64.b64decode(j[0]), int(j[1]), int(j[2])
 
 
 def tuned_conf(timings: RaftTimings, **kwargs: Any) -> SyncObjConf:
@@ -236,7 +288,9 @@ def tuned_conf(timings: RaftTimings, **kwargs: Any) -> SyncObjConf:
 class _Replica(SyncObj):  # type: ignore[misc]
     def __init__(self, node: RaftNode, self_address: str, peers: list[str], conf: SyncObjConf) -> None:
         self._node = node
-        super().__init__(self_address, peers, conf)
+        self.transport_counters = node.transport
+        self.frame_cap = frame_cap_bytes(node.settings.max_body_bytes)
+        super().__init__(self_address, peers, conf, transportClass=_Transport)
 
     @replicated  # type: ignore[untyped-decorator]
     def apply(self, payload: bytes) -> Result:
@@ -276,12 +330,13 @@ class RaftNode:
         self._state = State()
         self._on_role_change = on_role_change
         self._on_applied = on_applied
-        self._snapshotter = _Snapshotter(self)
+        self._snapshotter = Snapshotter(self)
         self._replica: _Replica | None = None
         self._inbox: LoopInbox | None = None  # submit's answers, to the loop of the last submit
         self._outbox: list[tuple[bytes, asyncio.Future[tuple[Any, int]]]] = []  # to propose this turn
         self._members = (settings.raft_address, *settings.peers)
         self.batches = 0  # batch entries proposed by this node (tests and benchmarks read it)
+        self.transport = TransportCounters()
 
     def set_hooks(
         self,
@@ -340,11 +395,15 @@ class RaftNode:
                 log.exception("on_applied hook failed")
         return applied.result
 
-    def _copy_state(self) -> State:
+    @property
+    def replica(self) -> _Replica | None:
+        return self._replica
+
+    def copy_state(self) -> State:
         with self._lock:
             return self._state.copy()
 
-    def _replace_state(self, state: State) -> None:
+    def replace_state(self, state: State) -> None:
         with self._lock:
             self._state = state
 

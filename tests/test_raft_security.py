@@ -7,6 +7,7 @@ in the image. One cluster serves the whole module: each test leaves it running a
 
 from __future__ import annotations
 
+import base64
 import os
 import pickle
 import signal
@@ -25,6 +26,7 @@ import pytest
 
 from slimsched.emulator import EmulatorThread
 from slimsched.localcluster import free_ports
+from slimsched.raftwire import HANDSHAKE_FRAME_BYTES
 from tests.helpers import KUBE_JOBS, request, wait_until
 from tests.test_discovery_cluster import _free_prefix
 
@@ -245,3 +247,56 @@ def test_a_stranger_gets_nothing_from_the_raft_port(nodes: StatefulSetNodes, mes
         assert closed and got == b"", f"node {i} answered a stranger's {message!r}: {got[:80]!r}"
     st = nodes.statuses()
     assert all(s["Peers"] and len(s["Peers"]) == 2 for s in st), st
+
+
+# -- finding 4: frame lengths are capped before authentication --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "length", [2**31 - 1, -1, HANDSHAKE_FRAME_BYTES + 1], ids=["2GiB", "negative", "cap+1"]
+)
+def test_a_stranger_announcing_a_large_frame_is_dropped_at_once(nodes: StatefulSetNodes, length: int) -> None:
+    got, closed = _send_and_read(nodes.raft_port(1), struct.pack("i", length), within=3.0)
+    assert closed and got == b""
+
+
+def test_a_strangers_64_mib_stream_costs_at_most_the_cap(nodes: StatefulSetNodes) -> None:
+    wait_until(nodes.all_connected, 15, "every node connected to both peers")
+    node = 2
+    before = nodes.rss_kib(node)
+    peak = before
+    sent = 0
+    chunk = os.urandom(64 * 1024)
+    dropped = False
+    with socket.create_connection(("127.0.0.1", nodes.raft_port(node)), timeout=5) as s:
+        try:
+            s.sendall(struct.pack("i", 64 * 1024 * 1024))
+            while sent < 64 * 1024 * 1024:
+                s.sendall(chunk)
+                sent += len(chunk)
+                peak = max(peak, nodes.rss_kib(node))
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            dropped = True
+        for _ in range(20):  # what the node read before it dropped the connection
+            peak = max(peak, nodes.rss_kib(node))
+            time.sleep(0.01)
+    growth = (peak - before) * 1024
+    print(f"64 MiB stream: {sent} bytes sent before the drop, RSS +{growth} bytes")
+    assert dropped, "the node kept reading a stranger's 64 MiB frame"
+    assert sent < 16 * 1024 * 1024  # what the two sockets' buffers absorb, not the frame
+    assert growth < HANDSHAKE_FRAME_BYTES + 4 * 1024 * 1024
+    wait_until(nodes.all_connected, 15, "every node still connected to both peers")
+
+
+def test_the_largest_command_a_follower_forwards_fits_the_cap(nodes: StatefulSetNodes) -> None:
+    """A schedule whose request body is near the body cap, created on a follower, is forwarded to
+    the leader whole (pysyncobj's apply_command): the cap must let it through."""
+    leader = str(nodes.statuses()[0]["Leader"])
+    follower = next(i for i in range(3) if f"127.0.0.1:{nodes.raft_port(i)}" != leader)
+    filler = base64.b64encode(os.urandom(700 * 1024)).decode()  # incompressible, ~0.93 MiB
+    status, body = request(
+        f"{nodes.url(follower)}/job-schedules/fibonacci", "POST", {"Schedule": "0 0 * * *", "Args": [filler]}
+    )
+    assert status == 201, body
+    status, _ = request(f"{nodes.url(follower)}/job-schedules/fibonacci/{body['Id']}", "DELETE")
+    assert status == 204
