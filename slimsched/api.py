@@ -666,7 +666,18 @@ async def jobs_status(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    _require_raft_listener(request.app[CTX])
     return _json({"Status": "Healthy"})
+
+
+def _require_raft_listener(ctx: ApiContext) -> None:
+    """A node whose Raft listening socket closed is out of the cluster for good: fail the probes
+    so that Kubernetes restarts it (issue 16)."""
+    lost = ctx.raft.transport.listener_lost
+    if lost is not None:
+        raise Unavailable(
+            "raft_listener_lost", f"this node's Raft listener is closed ({lost}); restart the node"
+        )
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -674,6 +685,7 @@ async def ready(request: web.Request) -> web.Response:
     status = ctx.raft.status()
     if not ctx.ready_gate():
         raise Unavailable("shutting_down", "this node is shutting down")
+    _require_raft_listener(ctx)
     if not status.ready:
         raise Unavailable(
             "not_ready",

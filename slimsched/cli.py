@@ -59,7 +59,12 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
 
 
 async def _serve(settings: Settings) -> int:
+    from slimsched.httpguard import raise_nofile_limit
     from slimsched.node import Node
+
+    before, after = raise_nofile_limit()  # descriptors for HTTP connections and Raft alike
+    if after != before:
+        log.info("open-files limit raised from %d to %d", before, after)
 
     jobs = jobconfig.parse_jobs_configuration(settings.jobs_configuration)
     node = Node(settings, jobs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -17,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,13 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def _nofile_setter(limit: int) -> Callable[[], None]:
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return set_limit
+
+
 @dataclass
 class LocalNode:
     index: int
@@ -121,6 +129,8 @@ class LocalCluster:
     # The cluster's Raft password (unless ``env`` sets SLIMSCHED_RAFT_PASSWORD): nodes run as in
     # production, where a node without one refuses to start.
     raft_password: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # Tests: the open-files limit (soft and hard) each node starts with.
+    rlimit_nofile: int | None = None
 
     @staticmethod
     def create(
@@ -182,7 +192,11 @@ class LocalCluster:
                 out = open(os.path.join(self.log_dir, f"node-{node.index}.log"), "ab")  # noqa: SIM115
             try:
                 node.proc = subprocess.Popen(
-                    self._command(node), env=env, stdout=out, stderr=subprocess.STDOUT
+                    self._command(node),
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=None if self.rlimit_nofile is None else _nofile_setter(self.rlimit_nofile),
                 )
             finally:
                 if out is not subprocess.DEVNULL:

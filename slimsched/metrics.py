@@ -60,5 +60,27 @@ class Metrics:
         self.commit_index = Gauge("slimsched_raft_commit_index", "Raft commit index", registry=r)
         self.applied_index = Gauge("slimsched_raft_applied_index", "Raft last applied index", registry=r)
 
+        # Issue 16: the Raft port and the HTTP port under strangers and floods.
+        self.raft_listener_up = Gauge(
+            "slimsched_raft_listener_up",
+            "1 while the Raft listening socket accepts connections; 0: the node is out of the cluster",
+            registry=r,
+        )
+        self.raft_frames_refused = Gauge(
+            "slimsched_raft_frames_refused",
+            "Raft connections dropped since start for announcing a frame beyond the cap",
+            registry=r,
+        )
+        self.raft_accept_failures = Gauge(
+            "slimsched_raft_accept_failures",
+            "Raft connections not accepted since start for lack of file descriptors",
+            registry=r,
+        )
+        self.http_connections_refused = Counter(
+            "slimsched_http_connections_refused",
+            "HTTP connections answered 503 and closed at once: the node's connection cap was reached",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,6 +23,7 @@ from slimsched.api import ApiContext, create_app
 from slimsched.backup import Backups, admin_routes
 from slimsched.errors import ConfigError, KubeError
 from slimsched.heap import HeapPolicy, HeapSteward
+from slimsched.httpguard import GuardedSite, body_deadline_middleware, connection_cap
 from slimsched.kube import KubeClient
 from slimsched.leader import Leader, LeaderTimings
 from slimsched.metrics import Metrics
@@ -99,6 +100,10 @@ class Node:
             new_id=ids.new_id,
         )
         self.raft.set_hooks(on_role_change=self.leader.on_role_change, on_applied=self.leader.on_applied)
+        transport = self.raft.transport
+        self.metrics.raft_listener_up.set_function(lambda: 0.0 if transport.listener_lost else 1.0)
+        self.metrics.raft_frames_refused.set_function(lambda: float(transport.frames_refused))
+        self.metrics.raft_accept_failures.set_function(lambda: float(transport.accept_failures))
         if self.settings.backup_dir:
             self.backups = Backups(
                 raft=self.raft,
@@ -138,12 +143,28 @@ class Node:
         self._ctx = ctx
         if self.kube is not None:
             self._discovery = loop.create_task(self._discover_cronjobs(), name="cronjob-discovery")
+        app = create_app(ctx)
+        # Outermost: it sees the JSON answer to a body timeout, and closes that connection.
+        app.middlewares.insert(0, body_deadline_middleware(s.http_body_timeout_seconds))
         self._runner = web.AppRunner(
-            create_app(ctx), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, handle_signals=False
+            app,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+            handle_signals=False,
+            keepalive_timeout=s.http_header_timeout_seconds,  # also bounds an incomplete request
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, s.http_host, s.http_port, reuse_address=True).start()
-        log.info("node %s serving HTTP on %s:%s", s.node_id, s.http_host, s.http_port)
+        cap = connection_cap(s.max_http_connections)
+        await GuardedSite(
+            self._runner,
+            s.http_host,
+            s.http_port,
+            max_connections=cap,
+            on_refused=self.metrics.http_connections_refused.inc,
+        ).start()
+        log.info(
+            "node %s serving HTTP on %s:%s (at most %d connections)", s.node_id, s.http_host, s.http_port, cap
+        )
         if self.backups is not None:
             self.backups.start()  # task "backup"; stopped (after a last pass) in stop()
         # Imports, the snapshot just loaded and the journal replayed are long-lived: frozen now.

@@ -125,6 +125,24 @@ class _CappedConnection(TcpConnection):  # type: ignore[misc]
 
 
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# accept(2): Linux passes on a pending connection's own network error; the listener is fine.
+_CONNECTION_ERRORS = frozenset(
+    {
+        errno.EAGAIN,
+        errno.EWOULDBLOCK,
+        errno.EINTR,
+        errno.ECONNABORTED,
+        errno.EPROTO,
+        errno.EPERM,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENONET,
+        errno.ENOPROTOOPT,
+        errno.EOPNOTSUPP,
+    }
+)
 ACCEPT_PAUSE_SECONDS = 0.2
 
 
@@ -152,7 +170,7 @@ class _Server(TcpServer):  # type: ignore[misc]
             try:
                 sock, _ = self._TcpServer__socket.accept()
             except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                if e.errno in _CONNECTION_ERRORS:
                     return
                 if e.errno in _OUT_OF_DESCRIPTORS:
                     self._counters.accept_failures += 1

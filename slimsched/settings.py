@@ -41,6 +41,9 @@ ENV_VARS: frozenset[str] = frozenset(
         "SLIMSCHED_TRUSTED_CIDRS",
         "SLIMSCHED_TRUSTED_PROXIES",
         "SLIMSCHED_MAX_BODY_BYTES",
+        "SLIMSCHED_HTTP_HEADER_TIMEOUT_SECONDS",
+        "SLIMSCHED_HTTP_BODY_TIMEOUT_SECONDS",
+        "SLIMSCHED_MAX_HTTP_CONNECTIONS",
         "SLIMSCHED_COMMIT_TIMEOUT_SECONDS",
         "SLIMSCHED_RAFT_COMPACTION_ENTRIES",
         "SLIMSCHED_KUBE_MODE",
@@ -94,6 +97,13 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     namespace: str = "default"
     max_body_bytes: int = 1024 * 1024
+    # A request's line and headers must arrive within this (from the connection, or its last
+    # response); its body within the body timeout (plus 1 s per MiB announced). Slow clients
+    # are closed, never kept (issue 16).
+    http_header_timeout_seconds: float = 15.0
+    http_body_timeout_seconds: float = 30.0
+    # Open HTTP connections per node, within RLIMIT_NOFILE less what Raft and the rest keep.
+    max_http_connections: int = 1000
     commit_timeout_seconds: float = 5.0
     kube_mode: str = "auto"
     kube_url: str | None = None
@@ -180,6 +190,9 @@ class Settings:
             trusted_proxies=_list(e.get("SLIMSCHED_TRUSTED_PROXIES", "")),
             namespace=namespace,
             max_body_bytes=_int(e, "SLIMSCHED_MAX_BODY_BYTES", 1024 * 1024),
+            http_header_timeout_seconds=_positive(e, "SLIMSCHED_HTTP_HEADER_TIMEOUT_SECONDS", 15.0),
+            http_body_timeout_seconds=_positive(e, "SLIMSCHED_HTTP_BODY_TIMEOUT_SECONDS", 30.0),
+            max_http_connections=int(_positive(e, "SLIMSCHED_MAX_HTTP_CONNECTIONS", 1000)),
             commit_timeout_seconds=_float(e, "SLIMSCHED_COMMIT_TIMEOUT_SECONDS", 5.0),
             kube_mode=e.get("SLIMSCHED_KUBE_MODE", "auto"),
             kube_url=e.get("SLIMSCHED_KUBE_URL") or None,
@@ -261,6 +274,13 @@ def _int(e: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError as err:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from err
+
+
+def _positive(e: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(e, name, default)
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value:g}")
+    return value
 
 
 def _float(e: Mapping[str, str], name: str, default: float) -> float:
