@@ -244,7 +244,9 @@ def test_ttl_after_finished_deletes_the_job_and_the_run_stays_listed(acc: Accept
     run_id = acc.trigger("ttl")
     acc.wait_status("ttl", run_id, "Succeeded")
     wait_until(lambda: acc.kube_jobs(f"slimsched/run-id={run_id}") == [], 60, "the TTL controller")
-    time.sleep(1.5)  # three status polls of the leader, which must not turn the run into JobNotFound
+    # The leader goes on following Jobs after this one is gone (another run through to its end)
+    # and must not turn the finished run into JobNotFound.
+    acc.wait_status("ok", acc.trigger("ok"), "Succeeded")
     run = acc.run("ttl", run_id)
     assert (run["Status"], run["Reason"]) == ("Succeeded", None)
 
@@ -328,21 +330,27 @@ def test_every_second_cron_gives_one_real_job_per_tick_across_leader_kills(acc: 
     status, body = request(f"{acc.url()}/job-schedules/ticker", "POST", {"Schedule": "* * * * * *"})
     assert status == 201, body
     sid = body["Id"]
+
+    def runs() -> int:
+        return len(request(f"{acc.url()}/job/ticker")[1])
+
     for _ in range(2):
-        time.sleep(1.5)
+        before = runs()
+        wait_until(lambda n=before: runs() >= n + 2, 30, "the schedule to fire twice more")  # type: ignore[misc]
         leader = acc.cluster.wait_leader(timeout=30)
         acc.cluster.kill(leader)
         acc.cluster.start(leader)
         acc.cluster.wait_ready(leader, timeout=30)
-    time.sleep(1.5)
+    before = runs()
+    wait_until(lambda: runs() >= before + 2, 30, "the schedule to fire under the last leader")
     assert request(f"{acc.url()}/job-schedules/ticker/{sid}", "DELETE")[0] == 204
     wait_until(
         lambda: all(r["Status"] in ("Succeeded", "Running") for r in request(f"{acc.url()}/job/ticker")[1]),
         60,
         "every fired tick dispatched",
     )
-    runs = request(f"{acc.url()}/job/ticker")[1]
-    fired = sorted(int(r["Id"].rsplit("-", 1)[1]) for r in runs)
+    listed = request(f"{acc.url()}/job/ticker")[1]
+    fired = sorted(int(r["Id"].rsplit("-", 1)[1]) for r in listed)
     assert len(fired) >= 4 and len(fired) == len(set(fired)), fired
     jobs = acc.kube_jobs(f"slimsched/schedule-id={sid}")
     ticks = sorted(int(j["metadata"]["annotations"]["slimsched/tick"]) for j in jobs)
