@@ -22,9 +22,9 @@ loop never see each other's notes.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import Enum
@@ -56,15 +56,22 @@ class Note:
 _NOTES: ContextVar[list[Note] | None] = ContextVar("slimsched_notes", default=None)
 
 
-@contextmanager
-def collecting() -> Iterator[list[Note]]:
-    """Collect the notes of the parsing and merging done inside the block, in order."""
-    notes: list[Note] = []
-    token = _NOTES.set(notes)
-    try:
-        yield notes
-    finally:
-        _NOTES.reset(token)
+class collecting:
+    """Collect the notes of the parsing and merging done inside the block, in order.
+
+    A class rather than ``@contextmanager``: it runs on every write request, and a generator
+    based context manager costs several times more.
+    """
+
+    __slots__ = ("_notes", "_token")
+
+    def __enter__(self) -> list[Note]:
+        self._notes: list[Note] = []
+        self._token = _NOTES.set(self._notes)
+        return self._notes
+
+    def __exit__(self, *exc: object) -> None:
+        _NOTES.reset(self._token)
 
 
 def note(code: str, path: str, detail: str) -> None:
@@ -135,10 +142,7 @@ def fields(
     (a canonical name or an alias as written here) with a note; two inexact spellings are an
     error, since nothing says which one was meant.
     """
-    canonical = {name.lower(): name for name in names}
-    for alias, target in (aliases or {}).items():
-        canonical[alias.lower()] = target
-    exact = set(names) | set(aliases or ())
+    canonical, exact = _lookup(tuple(names), tuple((aliases or {}).items()))
     given: dict[str, str] = {}
     out: dict[str, object] = {}
     for key, value in obj.items():
@@ -165,6 +169,17 @@ def fields(
         if value is not None:
             out[name] = value
     return out
+
+
+@functools.cache
+def _lookup(
+    names: tuple[str, ...], aliases: tuple[tuple[str, str], ...]
+) -> tuple[dict[str, str], frozenset[str]]:
+    """Lowercased spelling -> canonical name, and the exact spellings; built once per field set."""
+    canonical = {name.lower(): name for name in names}
+    for alias, target in aliases:
+        canonical[alias.lower()] = target
+    return canonical, frozenset(names) | frozenset(alias for alias, _ in aliases)
 
 
 def as_str(value: object, path: str) -> str:
