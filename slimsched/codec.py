@@ -265,7 +265,9 @@ def schedule_to_dict(s: Schedule) -> Json:
         "Source": s.source,
         "Overrides": overrides_to_dict(s.overrides),
     }
-    if cronplan.has_seconds(s.cron):
+    # count() first: most expressions have 5 fields and single spaces, and every snapshot
+    # encodes every schedule.
+    if s.cron.count(" ") >= 5 and cronplan.has_seconds(s.cron):
         d[CRON_SECONDS_KEY] = CRON_SECONDS_FIRST
     return d
 

@@ -57,6 +57,7 @@ def validate(expr: str, time_zone: str = "UTC") -> None:
         raise BadRequest("invalid_cron", f"Schedule {expr!r} is not a valid cron expression: {e}") from e
 
 
+@lru_cache(maxsize=1024)  # every schedule encode and decode asks; expressions repeat
 def has_seconds(expr: str) -> bool:
     """Whether ``expr`` has a seconds field (6 fields)."""
     return len(expr.split()) == 6
