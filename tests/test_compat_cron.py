@@ -14,6 +14,7 @@ import pytest
 
 from slimsched import backup as bk
 from slimsched import codec, cronplan
+from slimsched.errors import BadRequest
 from slimsched.model import Schedule
 from slimsched.statemachine import State, apply, encode_command
 
@@ -110,3 +111,87 @@ def test_after_a_day_down_the_newest_missed_tick_fires_once() -> None:
         "0 * * * *", "UTC", last_handled=last, created_at=0, now=now + 120, starting_deadline_seconds=60
     )
     assert opt_in.due is None and opt_in.missed[-1] == ts("2024-01-02T00:00:00")
+
+
+def _latest(expr: str, now: int) -> int | None:
+    """SlimFaas's Cron.GetLatestJobExecutionTimestamp: the newest tick at or before ``now``."""
+    return cronplan.plan(expr, "UTC", last_handled=now - 40 * 86400, created_at=0, now=now).due
+
+
+# tests/SlimFaas.Tests/Jobs/CronTests.cs, GetLatestJobExecutionTimestamp_ValidCases, every row.
+@pytest.mark.parametrize(
+    ("expr", "now", "expected"),
+    [
+        ("0 0 * * *", "2024-06-09T12:34:56", "2024-06-09T00:00:00"),
+        ("0 12 * * *", "2024-06-09T12:00:00", "2024-06-09T12:00:00"),
+        ("0 12 * * *", "2024-06-09T13:00:00", "2024-06-09T12:00:00"),
+        ("0 12 * * *", "2024-06-09T11:59:00", "2024-06-08T12:00:00"),
+        ("*/15 * * * *", "2024-06-09T12:45:00", "2024-06-09T12:45:00"),
+        ("*/15 * * * *", "2024-06-09T12:46:00", "2024-06-09T12:45:00"),
+        ("*/15 * * * *", "2024-06-09T12:14:00", "2024-06-09T12:00:00"),
+        ("*/2 * * * *", "2024-06-09T12:04:00", "2024-06-09T12:04:00"),
+        ("*/2 * * * *", "2024-06-09T12:05:00", "2024-06-09T12:04:00"),
+        ("0/15 * * * *", "2024-06-09T12:45:00", "2024-06-09T12:45:00"),
+        ("0/15 * * * *", "2024-06-09T12:46:00", "2024-06-09T12:45:00"),
+        ("0/15 * * * *", "2024-06-09T12:14:00", "2024-06-09T12:00:00"),
+        ("0/30 * * * *", "2024-06-09T12:30:00", "2024-06-09T12:30:00"),
+        ("* 0/6 * * *", "2024-06-09T12:00:00", "2024-06-09T12:00:00"),
+        ("* 0/6 * * *", "2024-06-09T18:00:00", "2024-06-09T18:00:00"),
+        ("0 0 1 * *", "2024-06-09T10:00:00", "2024-06-01T00:00:00"),
+        ("0 0 1 * *", "2024-01-01T00:00:00", "2024-01-01T00:00:00"),
+        ("0 0 1 * *", "2024-01-01T00:15:00", "2024-01-01T00:00:00"),
+        ("0 0 * * 0", "2024-06-09T12:00:00", "2024-06-09T00:00:00"),
+        ("0 0 * * 0", "2024-06-10T00:00:00", "2024-06-09T00:00:00"),
+        ("0 9-17 * * 1-5", "2024-06-10T12:00:00", "2024-06-10T12:00:00"),
+        ("0 9-17 * * 1-5", "2024-06-10T18:00:00", "2024-06-10T17:00:00"),
+        ("0 9,17 * * 1,5", "2024-06-07T17:01:00", "2024-06-07T17:00:00"),
+        ("0 */3 * * *", "2024-06-09T12:00:00", "2024-06-09T12:00:00"),
+        ("0 */3 * * *", "2024-06-09T13:00:00", "2024-06-09T12:00:00"),
+        ("0 */3 * * *", "2024-06-09T00:01:00", "2024-06-09T00:00:00"),
+        ("0 0 * 1 *", "2024-01-01T00:00:00", "2024-01-01T00:00:00"),
+        ("0 0 * 1 *", "2024-01-31T23:59:59", "2024-01-31T00:00:00"),
+        ("0 0 31 12 *", "2023-12-31T23:59:59", "2023-12-31T00:00:00"),
+        ("0 12 10 * 5", "2024-05-10T12:00:00", "2024-05-10T12:00:00"),
+        ("0 12 10 * 5", "2024-05-17T12:00:00", "2024-05-17T12:00:00"),
+        ("0 12 10 * 5", "2024-05-18T12:00:00", "2024-05-17T12:00:00"),
+        ("0 * * * *", "2024-03-31T01:59:00", "2024-03-31T01:00:00"),
+        ("0 * * * *", "2024-10-27T01:59:00", "2024-10-27T01:00:00"),
+    ],
+)
+def test_slimfaas_cron_tests_latest_execution(expr: str, now: str, expected: str) -> None:
+    assert _latest(expr, ts(now)) == ts(expected)
+
+
+# CronTests.cs, GetLatestJobExecutionTimestamp_InvalidCron_Throws, and CronNextExecutionTests.cs's
+# invalid and empty cases: refused (400 invalid_cron at POST).
+@pytest.mark.parametrize("expr", ["0 25 * * *", "0 0 32 * *", "61 * * * *", "0 0 * 13 *", "invalid cron", ""])
+def test_slimfaas_invalid_crons_are_refused(expr: str) -> None:
+    with pytest.raises(BadRequest) as err:
+        cronplan.validate(expr)
+    assert err.value.code == "invalid_cron"
+
+
+# tests/SlimFaas.Tests/Jobs/CronNextExecutionTests.cs, every case.
+@pytest.mark.parametrize(
+    ("expr", "after", "expected"),
+    [
+        ("* * * * *", "2026-01-15T12:30:00", ["2026-01-15T12:31:00"]),
+        ("45 * * * *", "2026-01-15T12:30:00", ["2026-01-15T12:45:00"]),
+        ("15 * * * *", "2026-01-15T12:50:00", ["2026-01-15T13:15:00"]),
+        ("0 14 * * *", "2026-01-15T12:30:00", ["2026-01-15T14:00:00"]),
+        ("0 8 * * *", "2026-01-15T15:00:00", ["2026-01-16T08:00:00"]),
+        ("*/15 * * * *", "2026-01-15T12:02:00", ["2026-01-15T12:15:00"]),
+        (
+            "*/2 * * * *",
+            "2026-01-15T12:01:10",
+            ["2026-01-15T12:02:00", "2026-01-15T12:04:00", "2026-01-15T12:06:00"],
+        ),
+    ],
+)
+def test_slimfaas_cron_next_execution(expr: str, after: str, expected: list[str]) -> None:
+    tick = ts(after)
+    got = []
+    for _ in expected:
+        tick = cronplan.next_fire(expr, "UTC", tick)
+        got.append(tick)
+    assert got == [ts(e) for e in expected]
