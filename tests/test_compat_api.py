@@ -243,3 +243,11 @@ def test_six_field_cron_is_seconds_first_on_the_cluster(cluster: LocalCluster) -
     assert (nxt.minute, nxt.second) == (0, 0), "hourly"
     assert 0 < nxt.timestamp() - time.time() <= 3600
     assert request(_url(cluster, f"/job-schedules/slow/{body['Id']}"), "DELETE")[0] == 204
+
+
+@pytest.mark.parametrize("path", ["/job-schedules/slow", "/job/slow"])
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+def test_put_and_patch_on_a_job_are_405(cluster: LocalCluster, method: str, path: str) -> None:
+    """JobScheduleEndpointsTests.cs Unsupported_Methods_Return_405; JobEndpoints.cs maps the same."""
+    status, body = request(_url(cluster, path), method, {"Schedule": "* * * * *"})
+    assert status == 405 and body["Error"] == "method_not_allowed"
