@@ -169,3 +169,33 @@ async def test_health_ready_status(api: ApiHarness) -> None:
     assert status == 200 and body["Leader"] == api.raft.settings.raft_address
     status, body = await api.call("GET", "/status?hash=1")
     assert status == 200 and body["IsLeader"] is True and len(body["StateHash"]) == 64
+
+
+async def _page(api: ApiHarness, path: str) -> tuple[list[dict[str, Any]], str | None]:
+    async with api.session.get(api.url + path) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json(), resp.headers.get("X-Continue")
+
+
+async def test_a_page_token_survives_its_run_leaving_the_queue(api: ApiHarness) -> None:
+    """The token names the last run served; if it left the queue meanwhile, the next page starts
+    at the queue's head, so no run still queued is skipped."""
+    ids = []
+    for i in range(3):
+        api.clock.now += 1
+        ids.append((await api.call("POST", "/job/fibonacci", {"Args": [str(i)]}))[1]["Id"])
+    page, token = await _page(api, "/job/fibonacci?limit=1")
+    assert [r["Id"] for r in page] == ids[:1] and token
+    assert (await api.call("DELETE", f"/job/fibonacci/{ids[0]}"))[0] == 200
+    page, token = await _page(api, f"/job/fibonacci?limit=1&continue={token}")
+    assert [(r["Id"], r["PositionInQueue"]) for r in page] == [(ids[1], 1)] and token
+    page, token = await _page(api, f"/job/fibonacci?limit=5&continue={token}")
+    assert [r["Id"] for r in page] == ids[2:] and token is None
+    # The canceled run now leads the list (out of the queue, newest first), then the queue.
+    whole, _ = await _page(api, "/job/fibonacci")
+    assert [(r["Id"], r["Status"]) for r in whole] == [
+        (ids[0], "Canceled"),
+        (ids[1], "Queued"),
+        (ids[2], "Queued"),
+    ]
+    assert [r["Id"] for r in (await _page(api, "/job/fibonacci?limit=2"))[0]] == ids[:2]
