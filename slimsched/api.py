@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from slimsched import actions, codec, cronplan, ids, jobconfig, jobnames, paging, views
+from slimsched import actions, codec, cronplan, ids, jobconfig, jobnames, paging, ui, views
 from slimsched.access import AccessPolicy
 from slimsched.errors import ApiError, BadRequest, Conflict, Forbidden, KubeError, NotFound, Unavailable
 from slimsched.jobmanifest import kube_job_name, run_selector
@@ -709,6 +709,11 @@ async def cluster_status(request: web.Request) -> web.Response:
         "Schedules": ctx.raft.read(lambda st: len(st.schedules)),
         "ConfigurationNotes": [n.message for n in ctx.jobs.notes],
     }
+    if s.is_leader:
+        body["MatchIndex"] = ctx.raft.match_indexes()
+    written = ctx.metrics.registry.get_sample_value("slimsched_backup_last_write_timestamp_seconds")
+    if written:  # registered only on a node with a backup volume; 0 until its first write
+        body["BackupWrittenAt"] = _iso(int(written))
     if request.query.get("hash") in ("1", "true"):
         state = ctx.raft.read(lambda st: st.copy())
         body["StateHash"] = fingerprint(state)
@@ -748,6 +753,9 @@ ROUTES: tuple[Route, ...] = (
     ("GET", "/job-schedules/{name}/{id}/next", schedule_next),
     ("GET", "/schedule-preview", schedule_preview),
     ("GET", "/jobs", list_all_jobs),
+    ("GET", "/ui", ui.page),
+    ("GET", "/ui/app.js", ui.script),
+    ("GET", "/ui/style.css", ui.stylesheet),
     ("POST", "/job/{name}", post_job),
     ("GET", "/job/{name}", list_jobs),
     ("DELETE", "/job/{name}/{id}", delete_job),

@@ -454,6 +454,22 @@ class RaftNode:
             connected_peers=tuple(n.address for n in r.otherNodes if r.isNodeConnected(n)),
         )
 
+    def match_indexes(self) -> dict[str, int]:
+        """On the leader, the last log index known replicated on each peer; empty elsewhere.
+
+        Read from pysyncobj's public ``getStatus`` (for /status and the web view, never a hot
+        path); a race with the Raft thread changing its maps answers empty rather than raise.
+        """
+        r = self._require()
+        if not r._isLeader():
+            return {}
+        try:
+            status = r.getStatus()
+        except RuntimeError:  # "dictionary changed size during iteration"
+            return {}
+        prefix = "match_idx_server_"
+        return {k[len(prefix) :]: int(v) for k, v in status.items() if k.startswith(prefix)}
+
     def step_down(self) -> None:
         """If leading, hand leadership to another node now rather than let it time out."""
         replica = self._replica

@@ -6,16 +6,21 @@ single-node Raft cluster behind a real aiohttp server (the ``api`` fixture).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import ClientSession, UnixConnector, web
 
 from slimsched import actions, codec, statemachine
+from slimsched.access import AccessPolicy
+from slimsched.api import create_app
 from slimsched.errors import BadRequest
 from slimsched.jobmanifest import kube_job_name
 from slimsched.model import ConcurrencyPolicy, JobSpec, Run, RunStatus, Schedule, TickOutcome
+from slimsched.raft import RaftNode
 from slimsched.statemachine import State, apply, encode_command, fingerprint
-from tests.conftest import ApiHarness
+from tests.conftest import ApiHarness, ManualClock, api_context
 
 SID = "s1"
 HOUR = 3600
@@ -317,3 +322,36 @@ async def test_next_fire_times_of_a_schedule_and_of_an_expression(api: ApiHarnes
     ]:
         status, err = await api.call("GET", f"/schedule-preview?{query}")
         assert (status, err["Error"]) == (400, code), query
+
+
+async def test_private_jobs_stay_private_from_outside_the_cluster(raft: RaftNode, tmp_path: Path) -> None:
+    """GET /jobs names a Private job to an outside caller and nothing more; its actions are 403."""
+    ctx = api_context(raft, ManualClock(), access=AccessPolicy.build(["192.168.0.0/16"], []))
+    runner = web.AppRunner(create_app(ctx))
+    await runner.setup()
+    unix_path = str(tmp_path / "api.sock")
+    await web.UnixSite(runner, unix_path).start()
+    tcp = web.TCPSite(runner, "127.0.0.1", 0)
+    await tcp.start()
+    inside_url = f"http://127.0.0.1:{runner.addresses[-1][1]}"
+    try:
+        async with ClientSession() as inside:
+            await inside.post(f"{inside_url}/job/secret-job", json={})
+            async with inside.get(f"{inside_url}/jobs") as resp:
+                seen = {j["Name"]: j for j in await resp.json()}
+            assert seen["secret-job"]["Accessible"] is True and seen["secret-job"]["Runs"] == 1
+        # A Unix-socket peer has no IP address: a caller outside every trusted network.
+        async with ClientSession(connector=UnixConnector(path=unix_path)) as outside:
+            async with outside.get("http://slimsched/jobs") as resp:
+                jobs = {j["Name"]: j for j in await resp.json()}
+            assert jobs["secret-job"] == {"Name": "secret-job", "Visibility": "Private", "Accessible": False}
+            assert jobs["fibonacci"]["Accessible"] is True and "Queued" in jobs["fibonacci"]
+            for method, path in [
+                ("POST", "/job-schedules/secret-job/x/trigger"),
+                ("POST", "/job-schedules/secret-job/x/backfill"),
+                ("GET", "/job-schedules/secret-job/x/next"),
+            ]:
+                async with outside.request(method, f"http://slimsched{path}", json={}) as resp:
+                    assert (resp.status, (await resp.json())["Error"]) == (403, "private_job"), path
+    finally:
+        await runner.cleanup()
