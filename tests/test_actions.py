@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, UnixConnector, web
+from aiohttp.test_utils import TestServer
 
 from slimsched import actions, codec, statemachine
 from slimsched.access import AccessPolicy
@@ -355,3 +356,29 @@ async def test_private_jobs_stay_private_from_outside_the_cluster(raft: RaftNode
                     assert (resp.status, (await resp.json())["Error"]) == (403, "private_job"), path
     finally:
         await runner.cleanup()
+
+
+async def test_status_tells_the_backup_time_once_a_backup_was_written(raft: RaftNode) -> None:
+    from slimsched.backup import BackupMetrics
+    from slimsched.metrics import Metrics
+
+    metrics = Metrics()
+    server = TestServer(create_app(api_context(raft, ManualClock(), metrics=metrics)), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with ClientSession() as session:
+
+            async def status() -> dict[str, Any]:
+                async with session.get(str(server.make_url("/status"))) as resp:
+                    body: dict[str, Any] = await resp.json()
+                    return body
+
+            assert "BackupWrittenAt" not in await status()  # no backup volume
+            backups = BackupMetrics(metrics.registry)
+            assert "BackupWrittenAt" not in await status()  # none written yet
+            backups.last_write.set(1_700_000_000)
+            body = await status()
+            assert body["BackupWrittenAt"] == "2023-11-14T22:13:20Z"
+            assert body["IsLeader"] and body["MatchIndex"] == {}  # a single node has no peer
+    finally:
+        await server.close()

@@ -41,6 +41,13 @@ def test_the_client_against_a_real_cluster(kc: KubeCluster, capsys: pytest.Captu
     assert status == 201, body
     sid = body["Id"]
 
+    # The leader's /status tells how far each peer has replicated the log.
+    leader = kc.cluster.wait_leader()
+    st = kc.cluster.get_json(leader, "/status")
+    assert set(st["MatchIndex"]) == set(st["Peers"])
+    assert all(0 < i <= st["CommitIndex"] for i in st["MatchIndex"].values()), st
+    assert "MatchIndex" not in kc.cluster.get_json((leader + 1) % 3, "/status")
+
     jobs = {j["Name"]: j for j in _json(capsys, "get", "jobs", *server)}
     assert jobs["fibonacci"]["Schedules"] == 1 and jobs["fibonacci"]["Visibility"] == "Public"
     schedules = _json(capsys, "get", "schedules", *server)
