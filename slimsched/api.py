@@ -713,7 +713,7 @@ async def cluster_status(request: web.Request) -> web.Response:
         body["MatchIndex"] = ctx.raft.match_indexes()
     written = ctx.metrics.registry.get_sample_value("slimsched_backup_last_write_timestamp_seconds")
     if written:  # registered only on a node with a backup volume; 0 until its first write
-        body["BackupWrittenAt"] = _iso(int(written))
+        body["BackupWrittenAt"] = views.iso(int(written))
     if request.query.get("hash") in ("1", "true"):
         state = ctx.raft.read(lambda st: st.copy())
         body["StateHash"] = fingerprint(state)

@@ -68,6 +68,7 @@ def _shot(driver: Any, name: str, element_id: str | None = None) -> None:
 
 
 def test_the_web_view_in_a_real_browser(kc: KubeCluster, browser: Any) -> None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -75,9 +76,24 @@ def test_the_web_view_in_a_real_browser(kc: KubeCluster, browser: Any) -> None:
     def wait_css(css: str, timeout: float = 20) -> Any:
         return WebDriverWait(browser, timeout).until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
 
+    # The page redraws its tables every 2 s: an element found may be replaced before it is read
+    # or clicked (stale), so reads and clicks look it up again until they succeed.
     def text_of(css: str) -> str:
-        found = browser.find_elements(By.CSS_SELECTOR, css)
-        return str(found[0].text) if found else ""
+        try:
+            found = browser.find_elements(By.CSS_SELECTOR, css)
+            return str(found[0].text) if found else ""
+        except StaleElementReferenceException:
+            return ""
+
+    def click(css: str) -> None:
+        def clicked() -> bool:
+            try:
+                browser.find_element(By.CSS_SELECTOR, css).click()
+                return True
+            except (StaleElementReferenceException, NoSuchElementException):
+                return False
+
+        wait_until(clicked, 20, f"a click on {css}")
 
     status, body = request(
         f"{kc.node_url(0)}/job-schedules/fibonacci",
@@ -103,15 +119,13 @@ def test_the_web_view_in_a_real_browser(kc: KubeCluster, browser: Any) -> None:
     wait_until(lambda: "term" in text_of("#summary"), 20, "the cluster summary")
 
     # Pause: the API says so, and so does the page.
-    browser.find_element(By.CSS_SELECTOR, f'{row} button[data-action="pause"]').click()
+    click(f'{row} button[data-action="pause"]')
     wait_until(lambda: request(f"{kc.node_url(2)}/job-schedules/fibonacci")[1][0]["Paused"], 20, "paused")
     wait_until(lambda: text_of(f'{row} [data-field="state"]') == "paused", 20, "the page to show it paused")
     assert text_of(f'{row} [data-field="next"]') == "-"
 
     # Trigger the job; its run reaches Succeeded on the page, and its log shows.
-    browser.find_element(
-        By.CSS_SELECTOR, '#jobs tr[data-job="fibonacci"] button[data-action="trigger-job"]'
-    ).click()
+    click('#jobs tr[data-job="fibonacci"] button[data-action="trigger-job"]')
     wait_until(lambda: len(kc.runs("fibonacci")) == 1, 20, "the triggered run")
     run_id = kc.runs("fibonacci")[0]["Id"]
     run_row = f'#runs tr[data-run="{run_id}"]'
@@ -121,13 +135,13 @@ def test_the_web_view_in_a_real_browser(kc: KubeCluster, browser: Any) -> None:
         "the run to succeed on the page",
     )
     _shot(browser, "ui-overview.png")
-    browser.find_element(By.CSS_SELECTOR, f'{run_row} a[data-action="logs"]').click()
+    click(f'{run_row} a[data-action="logs"]')
     wait_until(lambda: "exited with code 0" in text_of("#log-text"), 20, "the run's log")
     assert "started, image axaguildev" in text_of("#log-text") or "started, image" in text_of("#log-text")
 
     # Trigger the (paused) schedule now: the ledger records a manual run.
-    browser.find_element(By.CSS_SELECTOR, f'{row} button[data-action="trigger-schedule"]').click()
-    browser.find_element(By.CSS_SELECTOR, f'{row} button[data-action="ticks"]').click()
+    click(f'{row} button[data-action="trigger-schedule"]')
+    click(f'{row} button[data-action="ticks"]')
     wait_until(lambda: "fired (manual)" in text_of("#ticks-body"), 20, "the manual tick in the ledger")
     _shot(browser, "ui-schedule-ticks.png", "ticks")
     _shot(browser, "ui-run-log.png", "log")
