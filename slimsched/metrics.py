@@ -43,6 +43,18 @@ class Metrics:
             "Cron runs whose FireTick also started their dispatch (one commit instead of two)",
             registry=r,
         )
+        self.reconciled = Counter(
+            "slimsched_runs_reconciled",
+            "Runs found in Dispatching without their Job, whose Job a leader created again, by when "
+            "(term-start: the reconcile right after a new leader's barrier; poll: a later one)",
+            ["phase"],
+            registry=r,
+        )
+        self.jobs_already_existed = Counter(
+            "slimsched_jobs_already_existed",
+            "Job creates answered 409 AlreadyExists, counted as done (an earlier attempt created it)",
+            registry=r,
+        )
         self.dispatch_errors = Counter(
             "slimsched_dispatch_errors", "Failed attempts to create or inspect Kubernetes Jobs", registry=r
         )

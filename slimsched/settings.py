@@ -8,11 +8,15 @@ tests compare with what the StatefulSet sets.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from slimsched.crashpoints import Break, Point, parse_breaks, parse_crash_at
 from slimsched.errors import ConfigError
 from slimsched.statemachine import COMMAND_LEVEL
+
+T = TypeVar("T")
 
 ENV_VARS: frozenset[str] = frozenset(
     {
@@ -54,6 +58,8 @@ ENV_VARS: frozenset[str] = frozenset(
         "SLIMSCHED_STRICT",
         "SLIMSCHED_TEST_BREAK_FIRE_DEDUP",
         "SLIMSCHED_TEST_COMMAND_LEVEL",
+        "SLIMSCHED_TEST_CRASH_AT",
+        "SLIMSCHED_TEST_BREAK",
     }
 )
 
@@ -119,6 +125,10 @@ class Settings:
     # release with this command level would; 1 is the release before ``hello`` and ``batch``,
     # 2 the release before ``restore_part``.
     test_command_level: int = COMMAND_LEVEL
+    # Test only (slimsched.crashpoints): SIGKILL this node at a named point of the leader's
+    # protocol, and leader rules turned off, so that tests reach exact states and prove each rule.
+    test_crash_at: tuple[tuple[Point, int], ...] = ()
+    test_breaks: frozenset[Break] = frozenset()
     timings: RaftTimings = field(default_factory=RaftTimings)
 
     @property
@@ -202,6 +212,8 @@ class Settings:
             strict=_strict(e),
             test_break_fire_dedup=e.get("SLIMSCHED_TEST_BREAK_FIRE_DEDUP") == "1",
             test_command_level=_command_level(e),
+            test_crash_at=_test_setting(parse_crash_at, e, "SLIMSCHED_TEST_CRASH_AT"),
+            test_breaks=_test_setting(parse_breaks, e, "SLIMSCHED_TEST_BREAK"),
             timings=RaftTimings(log_compaction_min_entries=_compaction_entries(e)),
         )
 
@@ -211,6 +223,13 @@ def _strict(e: Mapping[str, str]) -> bool:
     if raw not in ("true", "false", "1", "0", "yes", "no", ""):
         raise ConfigError(f"SLIMSCHED_STRICT must be true or false, got {raw!r}")
     return raw in ("true", "1", "yes")
+
+
+def _test_setting(parse: Callable[[str | None], T], e: Mapping[str, str], name: str) -> T:
+    try:
+        return parse(e.get(name))
+    except ValueError as err:
+        raise ConfigError(f"{name}: {err}") from err
 
 
 def _command_level(e: Mapping[str, str]) -> int:
