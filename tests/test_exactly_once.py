@@ -299,11 +299,7 @@ def test_fire_tick_delivered_twice_is_applied_once(
     fired = [t["Tick"] for t in ledger if t["Outcome"] == "fired"]
     assert len(fired) >= 3
     for tick in fired:
-        wait_until(
-            lambda tick=tick: (_run_of(kc, "ticker", f"{sid}-{tick}") or {}).get("Status") == "Succeeded",
-            30,
-            f"tick {tick}'s run to succeed",
-        )
+        _wait_run_succeeded(kc, f"{sid}-{tick}")
         assert _attempts(kc, kube_job_name("ticker", f"{sid}-{tick}")) == ["created"]
     logs = "".join(
         Path(kc.cluster.log_dir or "", f"node-{i}.log").read_text(errors="replace") for i in range(3)
