@@ -68,7 +68,7 @@ import orjson
 from slimsched import codec
 from slimsched.cronplan import MAX_MISSED_RECORDED
 from slimsched.emulator import EmulatorThread
-from slimsched.jobmanifest import kube_job_name
+from slimsched.jobmanifest import LABEL_RUN_ID, kube_job_name
 from slimsched.localcluster import LocalCluster, free_ports
 from slimsched.statemachine import LEDGER_PER_SCHEDULE
 
@@ -116,6 +116,12 @@ class FaultKind(StrEnum):
     PARTITION_LEADER = "partition-leader"
     PARTITION_FOLLOWER = "partition-follower"
     PARTITION_LINK = "partition-link"
+    # The leader is killed and the node elected after it dies at a named point of the protocol
+    # (slimsched.crashpoints): a run left in Dispatching, a Job whose status was not committed.
+    CRASH_POINT = "crash-point"
+    # As crash-point, but the node elected stops (SIGSTOP) at the point and is continued once
+    # another leader took over: its Job create then meets the Job that leader created (a 409).
+    STOP_POINT = "stop-point"
 
 
 ALL_KINDS: tuple[FaultKind, ...] = tuple(FaultKind)
@@ -132,6 +138,18 @@ HOLD_SECONDS: Mapping[FaultKind, float] = {
     FaultKind.PARTITION_LEADER: 3.0,
     FaultKind.PARTITION_FOLLOWER: 3.0,
     FaultKind.PARTITION_LINK: 3.0,
+    FaultKind.CRASH_POINT: 1.5,
+    FaultKind.STOP_POINT: 3.0,
+}
+# Where the crash-point and stop-point faults stop the leader (picked in turn, at random).
+POINT_FAULT_POINTS: tuple[str, ...] = ("fire-committed", "dispatch-committed", "job-created", "fire-applied")
+STOP_FAULT_POINTS: tuple[str, ...] = ("fire-committed", "dispatch-committed")
+POINT_WAIT_SECONDS = 15.0  # for the armed leader to reach its point
+# What the nodes count of the paths a chaos run exists to exercise (summed over every process).
+EXERCISED_SAMPLES: Mapping[str, str] = {
+    "reconciled at term start": 'slimsched_runs_reconciled_total{phase="term-start"}',
+    "reconciled by a poll": 'slimsched_runs_reconciled_total{phase="poll"}',
+    "409 taken as created": "slimsched_jobs_already_existed_total",
 }
 
 
@@ -170,6 +188,8 @@ class FaultRecord:
     new_leader_after: float | None = None
     first_tick_after: float | None = None
     recovered_after: float | None = None
+    point: str | None = None  # crash-point and stop-point faults: where the leader was stopped
+    point_reached: bool = False
 
     @property
     def leader_fault(self) -> bool:
@@ -452,6 +472,7 @@ class TickStats:
     fired: int = 0
     missed: int = 0
     skipped: int = 0
+    catch_up: int = 0  # ticks fired in one FireTick with older ticks recorded missed (an outage)
 
 
 def _tick_of(run_id: str) -> int | None:
@@ -481,6 +502,7 @@ def check(
     snapshots: Sequence[NodeSnapshot],
     creations: Sequence[tuple[str, str]],
     notes: Sequence[Violation] = (),
+    jobs_by_run: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[list[Violation], TickStats]:
     """Compare what clients were told with what every node and the emulator hold.
 
@@ -495,8 +517,10 @@ def check(
       bounds may hide one); no tick fired after the schedule's delete was acknowledged;
     - every node holds the same state (StateHash).
 
-    ``creations`` is the emulator's log of Job create attempts as (name, outcome). Pure: the
-    harness gathers the inputs once the cluster is healed and quiescent.
+    ``creations`` is the emulator's log of Job create attempts as (name, outcome);
+    ``jobs_by_run`` the names of the Jobs Kubernetes holds by their run-id label, so a run
+    dispatched twice is seen whatever its Jobs are named. Pure: the harness gathers the inputs
+    once the cluster is healed and quiescent.
     """
     out: list[Violation] = list(notes)
     stats = TickStats()
@@ -542,6 +566,11 @@ def check(
     for name, n in created.items():
         if n > 1:
             out.append(Violation("job-created-twice", f"Job {name} was created {n} times"))
+    for rid, names in sorted((jobs_by_run or {}).items()):
+        if len(set(names)) > 1:
+            out.append(
+                Violation("run-dispatched-twice", f"run {rid} has {len(set(names))} Jobs: {sorted(names)}")
+            )
     runs: dict[str, dict[str, Any]] = {}
     for snap in snapshots:
         for rid, run in snap.runs.items():
@@ -580,6 +609,10 @@ def check(
         if job is None and sid in log.created:
             job = log.created[sid].job
         stats.fired += len(fired_runs)
+        by_recorded_at: dict[Any, set[str]] = {}
+        for r in distinct.values():
+            by_recorded_at.setdefault(r["RecordedAt"], set()).add(str(r["Outcome"]))
+        stats.catch_up += sum(1 for outcomes in by_recorded_at.values() if {"fired", "missed"} <= outcomes)
         fired_ticks = set(fired_runs)
         for tick, records in sorted(by_tick.items()):
             outcomes = sorted(str(r["Outcome"]) for r in records)
@@ -643,6 +676,33 @@ def check(
     return out, stats
 
 
+# Crash points after which the next leader must re-create a Job (job-created leaves the Job).
+RECONCILING_POINTS = frozenset({"fire-committed", "dispatch-committed", "fire-applied"})
+
+
+def unexercised(faults: Sequence[FaultRecord], exercised: Mapping[str, int]) -> list[Violation]:
+    """The paths this run's faults must have taken, and did not: a run proves nothing about a
+    rule whose path it never took. ``exercised`` holds the nodes' counters, the emulator's 409s
+    ("create answered 409") and the ledgers' catch-up firings ("catch-up firings")."""
+    out: list[Violation] = []
+    for f in faults:
+        if f.point is not None and not f.point_reached:
+            out.append(Violation("path-not-exercised", f"{f.kind.value}: no node reached {f.point}"))
+    points = [f for f in faults if f.point_reached]
+    reconciled = exercised.get("reconciled at term start", 0) + exercised.get("reconciled by a poll", 0)
+    if any(f.point in RECONCILING_POINTS for f in points) and reconciled == 0:
+        out.append(
+            Violation("path-not-exercised", "a leader died before a create, yet nothing was reconciled")
+        )
+    if any(f.kind is FaultKind.STOP_POINT for f in points) and exercised.get("create answered 409", 0) == 0:
+        out.append(
+            Violation("path-not-exercised", "a leader stopped before its create, yet no create met a 409")
+        )
+    if points and exercised.get("catch-up firings", 0) == 0:
+        out.append(Violation("path-not-exercised", "leaders died mid-protocol, yet no tick was fired late"))
+    return out
+
+
 def percentile_50_and_max(values: Sequence[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -673,6 +733,7 @@ class ChaosReport:
     proxy: dict[str, int]
     wall_seconds: float
     base_dir: str | None = None
+    exercised: dict[str, int] = field(default_factory=dict)
 
     @property
     def leader_faults(self) -> list[FaultRecord]:
@@ -705,6 +766,7 @@ class ChaosReport:
             "failover": {k: {"p50": v[0], "max": v[1]} for k, v in fo.items()},
             "violations": [dataclasses.asdict(v) for v in self.violations],
             "proxy": self.proxy,
+            "exercised": self.exercised,
         }
 
     def table(self) -> str:
@@ -736,6 +798,7 @@ class ChaosReport:
             f"{self.ticks.skipped} skipped; Jobs created: {self.jobs_created} "
             f"(create attempts answered 409: {self.job_conflicts})",
             f"Proxy: {', '.join(f'{k} {v}' for k, v in sorted(self.proxy.items())) or 'idle'}",
+            f"Paths exercised: {', '.join(f'{k} {v}' for k, v in self.exercised.items()) or '-'}",
             "",
             f"{'Failover (leader faults)':<28}{'p50':>10}{'max':>10}",
         ]
@@ -785,6 +848,7 @@ class ChaosConfig:
     quiesce_timeout: float = 60.0
     node_env: Mapping[str, str] = field(default_factory=dict)
     verbose: bool = False
+    crash_points: tuple[str, ...] = POINT_FAULT_POINTS
 
 
 @dataclass(frozen=True)
@@ -799,6 +863,7 @@ class Harness:
         if config.nodes < 3:
             raise ValueError("a chaos run needs at least 3 nodes (a fault must leave a majority)")
         self.config = config
+        self.kube_url = kube_url
         self.rng = random.Random(config.seed)
         n = config.nodes
         ports = free_ports(3 * n)
@@ -832,6 +897,8 @@ class Harness:
         self._tick_jobs = 0
         self._measurements: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self.counters: dict[tuple[int, int], dict[str, float]] = {}  # (node, pid) -> samples
+        self.armed: set[int] = set()
 
     def say(self, message: str) -> None:
         if self.config.verbose:
@@ -942,7 +1009,13 @@ class Harness:
         n = len(self.cluster.nodes)
         leader = health.leader
         followers = [i for i in range(n) if i != leader]
-        if kind in (FaultKind.KILL_LEADER, FaultKind.PAUSE_LEADER, FaultKind.PARTITION_LEADER):
+        if kind in (
+            FaultKind.KILL_LEADER,
+            FaultKind.PAUSE_LEADER,
+            FaultKind.PARTITION_LEADER,
+            FaultKind.CRASH_POINT,
+            FaultKind.STOP_POINT,
+        ):
             target = leader
         elif kind in (FaultKind.RESTART_KEEP, FaultKind.RESTART_WIPE):
             target = self.rng.randrange(n)
@@ -998,9 +1071,104 @@ class Harness:
                 await asyncio.sleep(hold)
             finally:
                 self.proxy.heal_all()
+        elif kind in (FaultKind.CRASH_POINT, FaultKind.STOP_POINT):
+            await self.point_fault(record, leader, followers)
         record.reverted_after = loop.time() - started
         self.faults.append(record)
         return record
+
+    # -- crash points ------------------------------------------------------------------------
+
+    def _start_armed(self, index: int, extra: Mapping[str, str]) -> None:
+        base = self.cluster.env
+        self.cluster.env = {**base, **extra}
+        try:
+            self.cluster.start(index)
+        finally:
+            self.cluster.env = base
+
+    def _at_point(self, index: int, stopped: bool) -> bool:
+        proc = self.cluster.nodes[index].proc
+        if proc is None:
+            return False
+        if not stopped:
+            return proc.poll() == -signal.SIGKILL
+        try:
+            with open(f"/proc/{proc.pid}/stat", encoding="ascii") as f:
+                return f.read().rsplit(")", 1)[-1].split()[0] == "T"
+        except OSError:
+            return False
+
+    async def point_fault(self, record: FaultRecord, leader: int, followers: list[int]) -> None:
+        """Arm the followers with a crash (or stop) point, kill the leader: the follower elected
+        reaches the point within a tick or a dispatch. Then every node runs unarmed again."""
+        stop = record.kind is FaultKind.STOP_POINT
+        record.point = self.rng.choice(STOP_FAULT_POINTS if stop else self.config.crash_points)
+        var = "SLIMSCHED_TEST_STOP_AT" if stop else "SLIMSCHED_TEST_CRASH_AT"
+        await self.scrape()
+        for f in followers:  # one at a time: the leader keeps leading
+            await asyncio.to_thread(self.cluster.terminate, f, 20.0)
+            await asyncio.to_thread(self._start_armed, f, {var: record.point})
+            self.armed.add(f)
+            await self.wait_healthy(self.config.recovery_timeout)
+        await self.scrape()
+        await asyncio.to_thread(self.cluster.kill, leader)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + POINT_WAIT_SECONDS
+        hit: int | None = None
+        while hit is None and loop.time() < deadline:
+            hit = next((f for f in followers if self._at_point(f, stop)), None)
+            await asyncio.sleep(POLL_SECONDS)
+        record.point_reached = hit is not None
+        self.say(f"{record.point}: node {hit} {'stopped' if stop else 'died'} there")
+        if stop and hit is not None:
+            self.paused.add(hit)
+        for f in sorted(self.armed - {hit}):  # the other armed node, unarmed again (it may lead)
+            await self.scrape()
+            await asyncio.to_thread(self.cluster.terminate, f, 20.0)
+            await asyncio.to_thread(self.cluster.start, f)
+        await asyncio.to_thread(self.cluster.start, leader)
+        await asyncio.sleep(HOLD_SECONDS[record.kind])
+        if hit is not None:
+            if stop:
+                self.cluster.signal(hit, signal.SIGCONT)  # it goes on where it stopped: its create
+                self.paused.discard(hit)
+            else:
+                await asyncio.to_thread(self.cluster.start, hit)
+        self.armed.clear()  # a continued node's stop point is spent; the environment is unarmed
+
+    async def scrape(self) -> None:
+        """Read the exercised-path counters of every running node (kept per process)."""
+        for node in self.cluster.nodes:
+            if not node.running or node.index in self.paused or node.proc is None:
+                continue
+            a = await self.call(node.index, "GET", "/metrics", timeout=STATUS_TIMEOUT)
+            if a.status != 200 or not isinstance(a.body, str):
+                continue
+            values: dict[str, float] = {}
+            for line in a.body.splitlines():
+                for label, sample in EXERCISED_SAMPLES.items():
+                    if line.startswith(sample + " "):
+                        values[label] = float(line.split()[1])
+            self.counters[(node.index, node.proc.pid)] = values
+
+    def exercised(self) -> dict[str, int]:
+        return {
+            label: int(sum(v.get(label, 0.0) for v in self.counters.values())) for label in EXERCISED_SAMPLES
+        }
+
+    async def jobs_by_run(self) -> dict[str, list[str]]:
+        """Kubernetes' Jobs by their run-id label (however they are named)."""
+        url = f"{self.kube_url}/apis/batch/v1/namespaces/default/jobs"
+        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)) as resp:
+            items = (orjson.loads(await resp.read())).get("items") or []
+        out: dict[str, list[str]] = {}
+        for job in items:
+            meta = job.get("metadata") or {}
+            rid = (meta.get("labels") or {}).get(LABEL_RUN_ID)
+            if rid:
+                out.setdefault(str(rid), []).append(str(meta.get("name")))
+        return out
 
     async def heal_everything(self) -> None:
         for i in list(self.paused):
@@ -1038,6 +1206,7 @@ class Harness:
             else:
                 record.recovered_after = time.time() - record.started_at
                 self.say(f"healthy again {record.recovered_after:.2f} s after the fault")
+                await self.scrape()
 
     async def no_recovery(self) -> None:
         last = self.faults[-1].kind.value if self.faults else "the start"
@@ -1256,10 +1425,17 @@ async def _run(config: ChaosConfig, base_dir: str, emulator: EmulatorThread, kub
                 Violation("not-quiescent", f"runs still active {config.quiesce_timeout:g} s after the load")
             )
         hashes = await h.wait_converged(config.recovery_timeout)
+        await h.scrape()
         snapshots = [await h.snapshot(i, hashes.get(i)) for i in range(config.nodes)]
         attempts = emulator.call(lambda e: e.creations())
         creations = [(c.name, c.outcome) for c in attempts]
-        violations, ticks = check(h.log, snapshots, creations, h.notes)
+        violations, ticks = check(h.log, snapshots, creations, h.notes, await h.jobs_by_run())
+        exercised = {
+            **h.exercised(),
+            "create answered 409": sum(1 for _, o in creations if o == "conflict"),
+            "catch-up firings": ticks.catch_up,
+        }
+        violations += unexercised(h.faults, exercised)
         fire_times = sorted(
             int(r["InQueueTimestamp"])
             for snap in snapshots[:1]
@@ -1282,6 +1458,7 @@ async def _run(config: ChaosConfig, base_dir: str, emulator: EmulatorThread, kub
             proxy=dict(h.proxy.stats),
             wall_seconds=time.monotonic() - wall,
             base_dir=base_dir,
+            exercised=exercised,
         )
     finally:
         h.stop_load.set()
@@ -1335,6 +1512,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--kinds", type=_kinds, default=ALL_KINDS, help="comma-separated fault kinds (default: all)"
     )
+    parser.add_argument(
+        "--points",
+        default=",".join(POINT_FAULT_POINTS),
+        help="crash points the crash-point faults pick from (default: %(default)s)",
+    )
     parser.add_argument("--data-dir", help="keep node data and logs here (default: a temporary directory)")
     parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each fault as it happens")
@@ -1347,6 +1529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kinds=args.kinds,
         base_dir=args.data_dir,
         verbose=args.verbose,
+        crash_points=tuple(p.strip() for p in args.points.split(",") if p.strip()),
     )
     report = run_chaos(config)
     print(report.table(), flush=True)

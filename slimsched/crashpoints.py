@@ -5,8 +5,15 @@ in Dispatching without its Job, a Job created whose status was never committed).
 node with ``SLIMSCHED_TEST_CRASH_AT=<point>[:<count>]`` and the node SIGKILLs itself the
 ``count``-th time (default 1) it reaches ``point``: a real crash of a real process, at a known
 step, after which another node takes over. ``SLIMSCHED_TEST_BREAK=<rule>[,<rule>]`` turns one of
-the leader's rules off, so a test can prove that it fails without it. Both are read by
-``Settings`` only; unset, ``reach`` is one falsy check and ``broken`` one set lookup.
+the leader's rules off, so a test can prove that it fails without it. ``SLIMSCHED_TEST_STOP_AT``
+(same syntax) SIGSTOPs the node there instead: a leader frozen mid-step, deposed meanwhile, that
+goes on where it stopped once continued (the 409 of a Job another leader created since). All are
+read by ``Settings`` only; unset, ``reach`` is one falsy check and ``broken`` one set lookup.
+
+``SLIMSCHED_TEST_STALL_ELECTED_SECONDS`` holds a node's Raft thread that long right after it
+is elected, before pysyncobj appends and sends its first entry (a Raft thread starved of CPU):
+whatever the new leader does meanwhile, it does on a state without the entries it has not
+committed yet. Kept under the election timeout, so the followers wait for it.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from enum import StrEnum
 
 log = logging.getLogger(__name__)
@@ -52,9 +60,16 @@ class Break(StrEnum):
     # second once the first is answered, as a retry of a proposal whose fate it did not learn
     # would (pysyncobj has no client sessions). The state the FireTick dedupe exists for.
     REPEAT_FIRE_TICK = "repeat-fire-tick"
+    # The declared-schedules sync takes every schedule for its own: it deletes those created
+    # through the API (acknowledged writes lost).
+    DECLARED_OWNS_ALL = "declared-owns-all"
+    # A Job is named after the run and the term of the leader creating it, not the run alone: a
+    # run re-created by another leader gets a second Job (dispatched twice).
+    JOB_NAME_PER_TERM = "job-name-per-term"
 
 
-_armed: dict[str, int] = {}
+_armed: dict[str, tuple[int, signal.Signals]] = {}
+_stall_elected = 0.0
 _broken: frozenset[str] = frozenset()
 
 
@@ -92,13 +107,20 @@ def parse_breaks(spec: str | None) -> frozenset[Break]:
     return frozenset(out)
 
 
-def arm(crash_at: tuple[tuple[Point, int], ...] = (), breaks: frozenset[Break] = frozenset()) -> None:
-    """Set this process's crash points and broken rules (the node's entry point, once)."""
-    global _broken
+def arm(
+    crash_at: tuple[tuple[Point, int], ...] = (),
+    breaks: frozenset[Break] = frozenset(),
+    stop_at: tuple[tuple[Point, int], ...] = (),
+    stall_elected: float = 0.0,
+) -> None:
+    """Set this process's crash and stop points and broken rules (the node's entry point, once)."""
+    global _broken, _stall_elected
+    _stall_elected = stall_elected
     _armed.clear()
-    for point, count in crash_at:
-        _armed[point.value] = count
-        log.warning("TEST: this node kills itself at crash point %s (reach %d)", point.value, count)
+    for points, sig in ((crash_at, signal.SIGKILL), (stop_at, signal.SIGSTOP)):
+        for point, count in points:
+            _armed[point.value] = (count, sig)
+            log.warning("TEST: this node sends itself %s at %s (reach %d)", sig.name, point.value, count)
     _broken = frozenset(b.value for b in breaks)
     if breaks:
         log.warning("TEST: leader rules turned off: %s", ", ".join(sorted(_broken)))
@@ -113,15 +135,26 @@ def reach(point: Point) -> None:
     """The protocol reached ``point``: die here if a test armed it and this is the reach it named."""
     if not _armed:
         return
-    left = _armed.get(point.value)
-    if left is None:
+    armed = _armed.get(point.value)
+    if armed is None:
         return
+    left, sig = armed
     if left > 1:
-        _armed[point.value] = left - 1
+        _armed[point.value] = (left - 1, sig)
         return
-    # A line a test can wait for in the node's log, then a crash no cleanup code survives.
-    print(f"TEST CRASH AT {point.value}", file=sys.stderr, flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)
+    del _armed[point.value]  # once: a node continued after a stop goes on
+    # A line a test can wait for in the node's log, then a crash no cleanup code survives (or a
+    # stop until SIGCONT).
+    word = "CRASH" if sig is signal.SIGKILL else "STOP"
+    print(f"TEST {word} AT {point.value}", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), sig)
+
+
+def stall_elected() -> None:
+    """The Raft thread just made this node leader: hold it there if a test asked to."""
+    if _stall_elected > 0:
+        log.warning("TEST: holding the Raft thread %.2f s after the election", _stall_elected)
+        time.sleep(_stall_elected)
 
 
 def broken(rule: Break) -> bool:

@@ -56,13 +56,15 @@ class Leader(FiringRole, StatusRole):
     def on_role_change(self, is_leader: bool) -> None:
         if self._inbox is not None:
             self._inbox.put(self._set_role, is_leader)
+        if is_leader:
+            crashpoints.stall_elected()  # test only
 
     def on_applied(self, commands: tuple[tuple[object, Result], ...]) -> None:
         if not self._leading or self._inbox is None:
             return
         for cmd, result in commands:
             if crashpoints.armed():
-                _reach_fire_applied(cmd, result)
+                _reach_fire_applied(cmd, result, self.raft.status().term)
             self._notice(cmd, result)
 
     def _notice(self, cmd: object, result: Result) -> None:
@@ -177,8 +179,9 @@ class Leader(FiringRole, StatusRole):
         }
         # Until CronJobs were listed once, what they declare is unknown: never delete those then.
         sources = catalog.DECLARED_SOURCES if self._discovery_seen else frozenset({"config"})
+        owns_all = crashpoints.broken(crashpoints.Break.DECLARED_OWNS_ALL)  # test only
         present = self.raft.read(
-            lambda st: {i: s.job_name for i, s in st.schedules.items() if s.source in sources}
+            lambda st: {i: s.job_name for i, s in st.schedules.items() if owns_all or s.source in sources}
         )
         for sid in sorted(desired.keys() - present.keys()):
             await self._propose("create_schedule", schedule=codec.schedule_to_dict(desired[sid]))
@@ -186,9 +189,10 @@ class Leader(FiringRole, StatusRole):
             await self._propose("delete_schedule", job_name=present[sid], schedule_id=sid)
 
 
-def _reach_fire_applied(cmd: object, result: Result) -> None:
-    """Crash point FIRE_APPLIED: a claiming FireTick was applied on the leader (Raft thread)."""
+def _reach_fire_applied(cmd: object, result: Result, term: int) -> None:
+    """Crash point FIRE_APPLIED: a FireTick this leader proposed (its claim carries this term)
+    was applied here (Raft thread); not one of an earlier leader, committed by this one."""
     if result.ok and isinstance(cmd, dict) and cmd.get("type") == "fire_tick":
         run = cmd.get("run") or {}
-        if isinstance(run, dict) and run.get("Status") == "Dispatching":
+        if isinstance(run, dict) and run.get("Status") == "Dispatching" and run.get("DispatchTerm") == term:
             crashpoints.reach(crashpoints.Point.FIRE_APPLIED)

@@ -121,6 +121,9 @@ class DispatchRole(LeaderBase):
             raft_index=run.dispatch_index or 0,
             schedule_id=run.schedule_id,
         )
+        if crashpoints.broken(crashpoints.Break.JOB_NAME_PER_TERM):  # test only
+            term = self.raft.status().term
+            manifest["metadata"] = {**manifest["metadata"], "name": f"{run.kube_name[:50]}-t{term}"}
         try:
             created = await self.kube.create_job(manifest)
         except KubeError as e:

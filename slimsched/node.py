@@ -123,7 +123,9 @@ class Node:
     async def start(self) -> None:
         s = self.settings
         statemachine.BREAK_FIRE_DEDUP = s.test_break_fire_dedup  # test only; see settings
-        crashpoints.arm(s.test_crash_at, s.test_breaks)  # test only; see settings
+        crashpoints.arm(
+            s.test_crash_at, s.test_breaks, s.test_stop_at, s.test_stall_elected_seconds
+        )  # test only; see settings
         loop = asyncio.get_running_loop()
         self.leader.attach(loop)
         await loop.run_in_executor(None, self.raft.start)

@@ -59,6 +59,8 @@ ENV_VARS: frozenset[str] = frozenset(
         "SLIMSCHED_TEST_BREAK_FIRE_DEDUP",
         "SLIMSCHED_TEST_COMMAND_LEVEL",
         "SLIMSCHED_TEST_CRASH_AT",
+        "SLIMSCHED_TEST_STOP_AT",
+        "SLIMSCHED_TEST_STALL_ELECTED_SECONDS",
         "SLIMSCHED_TEST_BREAK",
     }
 )
@@ -128,6 +130,8 @@ class Settings:
     # Test only (slimsched.crashpoints): SIGKILL this node at a named point of the leader's
     # protocol, and leader rules turned off, so that tests reach exact states and prove each rule.
     test_crash_at: tuple[tuple[Point, int], ...] = ()
+    test_stop_at: tuple[tuple[Point, int], ...] = ()
+    test_stall_elected_seconds: float = 0.0
     test_breaks: frozenset[Break] = frozenset()
     timings: RaftTimings = field(default_factory=RaftTimings)
 
@@ -214,6 +218,8 @@ class Settings:
             test_command_level=_command_level(e),
             test_crash_at=_test_setting(parse_crash_at, e, "SLIMSCHED_TEST_CRASH_AT"),
             test_breaks=_test_setting(parse_breaks, e, "SLIMSCHED_TEST_BREAK"),
+            test_stop_at=_test_setting(parse_crash_at, e, "SLIMSCHED_TEST_STOP_AT"),
+            test_stall_elected_seconds=_float(e, "SLIMSCHED_TEST_STALL_ELECTED_SECONDS", 0.0),
             timings=RaftTimings(log_compaction_min_entries=_compaction_entries(e)),
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -72,8 +73,18 @@ async def test_trigger_is_queued_with_positions(api: ApiHarness) -> None:
 
 
 async def test_empty_trigger_body_uses_configuration(api: ApiHarness) -> None:
+    """No body at all (SlimFaas accepts it): the run executes the configuration as it stands."""
     status, body = await api.call("POST", "/job/fibonacci", raw=b"")
     assert status == 202, body
+    spec = api.raft.read(lambda st: st.runs[body["Id"]].spec)
+    assert spec.image == "axaguildev/fibonacci-batch:latest"
+    assert spec.args == () and spec.environments == () and spec.depends_on == ()
+    assert spec.resources.requests == {"cpu": "400m", "memory": "400Mi"}
+    assert spec.resources.limits == {"cpu": "400m", "memory": "400Mi"}
+    assert (spec.backoff_limit, spec.ttl_seconds_after_finished) == (2, 3600)
+    status, with_args = await api.call("POST", "/job/fibonacci", {"Args": ["9"]})
+    assert status == 202, with_args
+    assert api.raft.read(lambda st: st.runs[with_args["Id"]].spec) == replace(spec, args=("9",))
 
 
 # Issue 17 moved unknown fields, resources over the configuration, a raised BackoffLimit, and

@@ -43,13 +43,11 @@ _PASSED_ON = ("SLIMSCHED_TEST_BREAK", "SLIMSCHED_TEST_BREAK_FIRE_DEDUP")
 
 
 def _cluster(tmp_path: Path, url: str, env: dict[str, str]) -> LocalCluster:
-    passed = {k: os.environ[k] for k in _PASSED_ON if os.environ.get(k)}
-    return LocalCluster.create(
-        3,
-        str(tmp_path),
-        jobs_configuration=KUBE_JOBS,
-        env={"SLIMSCHED_KUBE_URL": url, **passed, **env},
-    )
+    merged = {"SLIMSCHED_KUBE_URL": url, **env}
+    for k in _PASSED_ON:
+        if os.environ.get(k):
+            merged[k] = ",".join(filter(None, (merged.get(k), os.environ[k])))
+    return LocalCluster.create(3, str(tmp_path), jobs_configuration=KUBE_JOBS, env=merged)
 
 
 @pytest.fixture
@@ -266,7 +264,10 @@ def test_new_leader_reconciles_a_run_whose_commit_it_had_not_heard_of(
     commits it only with its own first entry. Its barrier makes its first reconcile (before
     anything is fired or dispatched) see the run; without it the first reconcile reads a state
     without the run."""
-    kc = _start(tmp_path, emulator, {"SLIMSCHED_TEST_CRASH_AT": "fire-applied"})
+    # Each new leader's Raft thread is held 0.25 s after its election (under the 0.4 s election
+    # timeout): the window in which only the barrier keeps the reconcile from a stale state.
+    env = {"SLIMSCHED_TEST_CRASH_AT": "fire-applied", "SLIMSCHED_TEST_STALL_ELECTED_SECONDS": "0.25"}
+    kc = _start(tmp_path, emulator, env)
     started.append(kc)
     sid, tick = _one_shot_schedule(kc, "ticker")
     dead = _wait_crashed(kc)
