@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from tests.helpers import KubeCluster, request, wait_until
@@ -52,16 +54,37 @@ def test_new_fields_reach_the_job_manifest(kc: KubeCluster) -> None:
     assert job["metadata"]["labels"]["slimsched/run-id"] == run_id
 
 
-def test_requests_above_the_configuration_name_the_field(kc: KubeCluster) -> None:
-    for body, field in [
-        ({"Parallelism": 3}, "Parallelism"),
-        ({"Completions": 5}, "Completions"),
-        ({"Resources": {"Limits": {"memory": "1Gi"}}}, "memory"),
-        ({"Image": "evil/miner:1"}, "Image"),
-    ]:
-        status, got = request(f"{kc.node_url(1)}/job/runner", "POST", body)
-        assert status == 400, got
-        assert field in got["Message"], got
+def test_an_image_outside_the_whitelist_is_refused_naming_the_field(kc: KubeCluster) -> None:
+    status, got = request(f"{kc.node_url(1)}/job/runner", "POST", {"Image": "evil/miner:1"})
+    assert status == 400, got
+    assert "Image" in got["Message"], got
+
+
+def test_values_above_the_configuration_are_capped_with_a_warning(kc: KubeCluster) -> None:
+    # SlimFaas caps a resource above the configured limit (JobResourceValidator.cs); slimsched
+    # caps it too, and our additions likewise, and says so in a Warning header as
+    # kube-apiserver reports warnings. The Job gets the configured value.
+    cases: list[tuple[dict[str, Any], str, Callable[[dict[str, Any]], bool]]] = [
+        ({"Parallelism": 3}, "Parallelism", lambda job: job["spec"]["parallelism"] == 2),
+        ({"Completions": 5}, "Completions", lambda job: job["spec"]["completions"] == 4),
+        (
+            {"Resources": {"Limits": {"memory": "1Gi"}}},
+            "memory",
+            lambda job: job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+            == "256Mi",
+        ),
+    ]
+    for body, field, read in cases:
+        url = f"{kc.node_url(1)}/job/runner"
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 202
+            warnings = resp.headers.get_all("Warning") or []
+            run_id = json.loads(resp.read())["Id"]
+        assert any(w.startswith("299 - ") and field in w for w in warnings), (field, warnings)
+        kube_name = kc.run("runner", run_id)["Name"]
+        wait_until(lambda: kube_name in kc.created_names(), 15, "the Job to be created")  # noqa: B023
+        assert read(_job_of(kc, kube_name)), field
 
 
 def test_logs_of_a_finished_run_and_streamed_logs_of_a_running_one(kc: KubeCluster) -> None:
