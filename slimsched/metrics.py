@@ -88,6 +88,16 @@ class Metrics:
             "Raft connections not accepted since start for lack of file descriptors",
             registry=r,
         )
+        self.raft_resent_entries = Gauge(
+            "slimsched_raft_resent_entries",
+            "Entries already applied here that the leader sent again unchanged (benign), since start",
+            registry=r,
+        )
+        self.raft_divergences = Gauge(
+            "slimsched_raft_divergences",
+            "Entries applied here then replaced by a different term or command since start: alarm",
+            registry=r,
+        )
         self.http_connections_refused = Counter(
             "slimsched_http_connections_refused",
             "HTTP connections answered 503 and closed at once: the node's connection cap was reached",

@@ -41,6 +41,7 @@ from slimsched.loopinbox import LoopInbox
 from slimsched.raftdump import DUMP_VERSION as DUMP_VERSION  # re-exported for tests
 from slimsched.raftdump import SNAPSHOT_STOP_SECONDS, DumpState, Snapshotter
 from slimsched.raftdump import compaction_due as compaction_due  # re-exported for tests
+from slimsched.raftwatch import LogWatch
 from slimsched.raftwire import (
     HANDSHAKE_FRAME_BYTES,
     TransportCounters,
@@ -309,6 +310,7 @@ class _Replica(SyncObj):  # type: ignore[misc]
         self.transport_counters = node.transport
         self.frame_cap = frame_cap_bytes(node.settings.max_body_bytes)
         super().__init__(self_address, peers, conf, transportClass=_Transport)
+        LogWatch(self._SyncObj__raftLog, lambda: int(self.raftLastApplied), node.transport).install()
 
     @replicated  # type: ignore[untyped-decorator]
     def apply(self, payload: bytes) -> Result:

@@ -51,6 +51,8 @@ class TransportCounters:
     frames_refused: int = 0  # frames announced beyond the cap; their connection was dropped
     accept_failures: int = 0  # accept() failed for lack of file descriptors (the listener stays)
     listener_lost: str | None = None  # why the Raft listening socket is closed, if it is
+    resent_entries: int = 0  # applied entries the leader sent again, unchanged (benign)
+    divergences: int = 0  # applied entries replaced by another term or command: an alarm
     last_warning_at: float = -1e9
 
 
