@@ -325,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print what would be created and send nothing (default: off)"
     )
     slimfaas.set_defaults(func=cmd_backup_import_slimfaas)
+    overwrite = backup_sub.add_parser(
+        "overwrite", help="make one node write its state over its backup even if that backup is newer"
+    )
+    overwrite.add_argument("--node", required=True, metavar="URL", help="that node's HTTP URL")
+    overwrite.set_defaults(func=cmd_backup_overwrite)
     return parser
 
 
@@ -332,6 +337,12 @@ def cmd_backup_verify(args: argparse.Namespace) -> int:
     from slimsched.backup import cli_verify
 
     return cli_verify(args.file, sys.stdout, sys.stderr)
+
+
+def cmd_backup_overwrite(args: argparse.Namespace) -> int:
+    from slimsched.backup import cli_overwrite
+
+    return cli_overwrite(args.node, sys.stdout, sys.stderr)
 
 
 def cmd_backup_restore(args: argparse.Namespace) -> int:

@@ -144,7 +144,7 @@ class Node:
             kube=self.kube,
             strict=s.strict,
         )
-        ctx.extra_routes = admin_routes(self.raft, ctx.access)  # POST /admin/restore
+        ctx.extra_routes = admin_routes(self.raft, ctx.access, backups=self.backups)  # POST /admin/...
         self._ctx = ctx
         if self.kube is not None:
             self._discovery = loop.create_task(self._discover_cronjobs(), name="cronjob-discovery")

@@ -30,9 +30,17 @@ SNAPSHOT_VERSION = 1
 # level with a ``hello`` and the leader proposes the new types only once every member has
 # announced it, since a node of an earlier release would answer them "unknown" and diverge.
 # Level 2 added ``hello`` and ``batch``; level 3 ``restore_part``; level 4 ``trigger_schedule`` and
-# ``backfill``.
+# ``backfill``, ``backup_report`` and ``backup_choice``.
 COMMAND_LEVEL = 4
-LEVEL_OF_TYPE = {"hello": 2, "batch": 2, "restore_part": 3, "trigger_schedule": 4, "backfill": 4}
+LEVEL_OF_TYPE = {
+    "hello": 2,
+    "batch": 2,
+    "restore_part": 3,
+    "trigger_schedule": 4,
+    "backfill": 4,
+    "backup_report": 4,
+    "backup_choice": 4,
+}
 MAX_BATCH_COMMANDS = 1024
 RECENT_REQUESTS = 20_000
 LEDGER_PER_SCHEDULE = 100
@@ -96,6 +104,10 @@ class State:
     recent: OrderedDict[str, Result] = field(default_factory=OrderedDict)
     levels: dict[str, int] = field(default_factory=dict)  # Raft address -> its announced COMMAND_LEVEL
     restoring: Restoring | None = None
+    # What the nodes know of the backups (level 4, see _backup_report): replaced, never mutated in
+    # place, so a copy shares it. "reports": node -> its newest valid backup's header; "choice":
+    # the report a cold start restores; "base": the index of the backup the state was restored from.
+    backups: dict[str, Any] = field(default_factory=dict)
     # Derived indexes, kept by _put_run/_drop_run and rebuilt on decode; never in a snapshot.
     job_schedules: dict[str, dict[str, None]] = field(default_factory=dict)
     job_runs: dict[str, dict[str, None]] = field(default_factory=dict)
@@ -113,6 +125,7 @@ class State:
             recent=self.recent.copy(),
             levels=self.levels.copy(),
             restoring=None if self.restoring is None else self.restoring.copy(),
+            backups=self.backups,
             job_schedules={k: v.copy() for k, v in self.job_schedules.items()},
             job_runs={k: v.copy() for k, v in self.job_runs.items()},
             queued={k: v.copy() for k, v in self.queued.items()},
@@ -487,7 +500,12 @@ def _run_status(state: State, cmd: dict[str, Any]) -> Result:
 _NOT_EMPTY = "state already holds schedules; restore refused"
 
 
-def _land(state: State, schedules: Iterable[Schedule], last_fired: dict[str, int]) -> Result:
+def _land(
+    state: State, schedules: Iterable[Schedule], last_fired: dict[str, int], base_index: object = None
+) -> Result:
+    if isinstance(base_index, int) and not isinstance(base_index, bool) and base_index >= 0:
+        # Indexes of backups written from now on continue from the restored one's (policy.py).
+        state.backups = {**state.backups, "base": base_index, "choice": None}
     n = 0
     for sched in schedules:
         state.schedules[sched.id] = sched
@@ -509,7 +527,7 @@ def _restore(state: State, cmd: dict[str, Any]) -> Result:
         return error("conflict", _NOT_EMPTY)
     schedules, last_fired = _restore_content(cmd)
     state.restoring = None
-    return _land(state, schedules, last_fired)
+    return _land(state, schedules, last_fired, cmd.get("base_index"))
 
 
 def _restore_part(state: State, cmd: dict[str, Any]) -> Result:
@@ -546,7 +564,7 @@ def _restore_part(state: State, cmd: dict[str, Any]) -> Result:
     if staged.next_part < parts:
         return OK
     state.restoring = None
-    return _land(state, staged.schedules.values(), staged.last_fired)
+    return _land(state, staged.schedules.values(), staged.last_fired, cmd.get("base_index"))
 
 
 def _hello(state: State, cmd: dict[str, Any]) -> Result:
@@ -555,6 +573,43 @@ def _hello(state: State, cmd: dict[str, Any]) -> Result:
     if not isinstance(node, str) or not node or not isinstance(level, int) or level < 1:
         return error("invalid", "hello needs a node address and a level >= 1")
     state.levels[node] = level
+    return OK
+
+
+def _backup_header(cmd: dict[str, Any]) -> dict[str, Any] | None:
+    node, index, sha, count = cmd["node"], cmd["raft_index"], cmd["payload_sha256"], cmd["schedule_count"]
+    if not isinstance(node, str) or not node or not isinstance(sha, str):
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (index, count)):
+        return None
+    return {"node": node, "raft_index": index, "payload_sha256": sha, "schedule_count": count}
+
+
+def _backup_report(state: State, cmd: dict[str, Any]) -> Result:
+    """A node reports the newest valid backup it holds (count 0 and no hash: none), so that a
+    cold start restores the best backup of the whole cluster, not the leader's own, and a node
+    whose backup is behind the others' can tell. Answers a bare "ok": no activity for a cold start.
+    """
+    header = _backup_header(cmd)
+    if header is None:
+        return error(
+            "invalid", "backup_report needs a node, a raft_index, a payload_sha256 and a schedule_count"
+        )
+    state.backups = {**state.backups, "reports": {**state.backups.get("reports", {}), header["node"]: header}}
+    return OK
+
+
+def _backup_choice(state: State, cmd: dict[str, Any]) -> Result:
+    """The leader of a cold-started cluster names the reported backup to restore; the node that
+    holds it proposes the restore. Refused once the state holds schedules."""
+    header = _backup_header(cmd)
+    if header is None:
+        return error(
+            "invalid", "backup_choice needs a node, a raft_index, a payload_sha256 and a schedule_count"
+        )
+    if state.schedules:
+        return error("conflict", _NOT_EMPTY)
+    state.backups = {**state.backups, "choice": header}
     return OK
 
 
@@ -597,6 +652,8 @@ HANDLERS: dict[str, Handler] = {
     "hello": _hello,
     "trigger_schedule": _trigger_schedule,
     "backfill": _backfill,
+    "backup_report": _backup_report,
+    "backup_choice": _backup_choice,
 }
 
 
@@ -683,6 +740,7 @@ def snapshot_to_dict(state: State) -> dict[str, Any]:
         "recent": [[k, v.to_dict()] for k, v in state.recent.items()],
         "levels": state.levels,
         **({} if state.restoring is None else {"restoring": _restoring_to_dict(state.restoring)}),
+        **({"backups": state.backups} if state.backups else {}),
     }
 
 
@@ -754,6 +812,8 @@ def encode_snapshot_chunks(state: State) -> Iterator[bytes]:
         yield b',"last_fired":'
         yield from _json_object(list(r.last_fired.items()), lambda v: v)
         yield b"}"
+    if state.backups:
+        yield b',"backups":' + orjson.dumps(state.backups)
     yield b"}"
 
 
@@ -778,6 +838,8 @@ def snapshot_from_dict(d: dict[str, Any]) -> State:
     state.levels = {str(k): int(v) for k, v in d.get("levels", {}).items()}
     # Absent unless a restore in parts was under way (level 3).
     state.restoring = _restoring_from_dict(d["restoring"]) if d.get("restoring") is not None else None
+    # Absent before level 4, and until a node reports its backup.
+    state.backups = dict(d.get("backups") or {})
     return state
 
 

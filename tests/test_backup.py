@@ -272,28 +272,63 @@ def _info(sha: str, count: int, index: int = 100) -> bk.BackupInfo:
 
 
 @pytest.mark.parametrize(
-    ("sha", "count", "disk", "applied", "since", "decision"),
+    ("sha", "count", "disk", "index", "overwrite", "decision"),
     [
-        ("h1", 3, bk.DiskState(), 5, 0.0, bk.Decision.WRITE),
-        ("h1", 3, bk.DiskState(main=_info("h1", 3)), 500, 999.0, bk.Decision.UNCHANGED),
-        ("h2", 3, bk.DiskState(main=_info("h1", 3)), 500, 999.0, bk.Decision.WRITE),
-        ("h0", 0, bk.DiskState(main=_info("h1", 3)), 500, 999.0, bk.Decision.KEEP_NON_EMPTY),
-        ("h0", 0, bk.DiskState(prev=_info("h1", 3)), 500, 999.0, bk.Decision.KEEP_NON_EMPTY),
-        ("h0", 0, bk.DiskState(main_refused="bad"), 500, 999.0, bk.Decision.KEEP_NON_EMPTY),
-        ("h0", 0, bk.DiskState(), 5, 0.0, bk.Decision.WRITE),
-        ("h0", 0, bk.DiskState(main=_info("h9", 0)), 5, 0.0, bk.Decision.WRITE),
-        ("h2", 2, bk.DiskState(main_refused="bad"), 5, 0.0, bk.Decision.WRITE),
-        # A wiped node still receiving the log: fewer schedules, lower index, just started.
-        ("h2", 1, bk.DiskState(main=_info("h1", 3, index=100)), 40, 1.0, bk.Decision.CATCHING_UP),
-        ("h2", 1, bk.DiskState(main=_info("h1", 3, index=100)), 40, 999.0, bk.Decision.WRITE),
-        ("h2", 1, bk.DiskState(main=_info("h1", 3, index=100)), 140, 1.0, bk.Decision.WRITE),
-        ("h2", 4, bk.DiskState(main=_info("h1", 3, index=100)), 40, 1.0, bk.Decision.WRITE),
+        ("h1", 3, bk.DiskState(), 5, False, bk.Decision.WRITE),
+        ("h1", 3, bk.DiskState(main=_info("h1", 3)), 500, False, bk.Decision.UNCHANGED),
+        ("h2", 3, bk.DiskState(main=_info("h1", 3)), 500, False, bk.Decision.WRITE),
+        ("h0", 0, bk.DiskState(main=_info("h1", 3)), 500, False, bk.Decision.KEEP_NON_EMPTY),
+        ("h0", 0, bk.DiskState(prev=_info("h1", 3)), 500, False, bk.Decision.KEEP_NON_EMPTY),
+        ("h0", 0, bk.DiskState(main_refused="bad"), 500, False, bk.Decision.KEEP_NON_EMPTY),
+        ("h0", 0, bk.DiskState(main=_info("h1", 3)), 500, True, bk.Decision.KEEP_NON_EMPTY),
+        ("h0", 0, bk.DiskState(), 5, False, bk.Decision.WRITE),
+        ("h0", 0, bk.DiskState(main=_info("h9", 0)), 500, False, bk.Decision.WRITE),
+        ("h2", 2, bk.DiskState(main_refused="bad"), 5, False, bk.Decision.WRITE),
+        # A wiped node still receiving the log, or a cluster restored from an older backup: the
+        # state is older than the file, whatever it holds and however long the node has run.
+        ("h2", 1, bk.DiskState(main=_info("h1", 3, index=100)), 40, False, bk.Decision.OLDER),
+        ("h2", 4, bk.DiskState(main=_info("h1", 3, index=100)), 40, False, bk.Decision.OLDER),
+        ("h2", 1, bk.DiskState(prev=_info("h1", 3, index=100)), 99, False, bk.Decision.OLDER),
+        # The same index holding less is older too; a higher index may hold less (deletions).
+        ("h2", 2, bk.DiskState(main=_info("h1", 3, index=100)), 100, False, bk.Decision.OLDER),
+        ("h2", 3, bk.DiskState(main=_info("h1", 3, index=100)), 100, False, bk.Decision.WRITE),
+        ("h2", 1, bk.DiskState(main=_info("h1", 3, index=100)), 101, False, bk.Decision.WRITE),
+        # The operator's explicit overwrite.
+        ("h2", 1, bk.DiskState(main=_info("h1", 3, index=100)), 40, True, bk.Decision.WRITE),
     ],
 )
 def test_decide_write(
-    sha: str, count: int, disk: bk.DiskState, applied: int, since: float, decision: bk.Decision
+    sha: str, count: int, disk: bk.DiskState, index: int, overwrite: bool, decision: bk.Decision
 ) -> None:
-    assert bk.decide_write(sha, count, disk, applied_index=applied, seconds_since_start=since) is decision
+    assert bk.decide_write(sha, count, disk, state_index=index, overwrite=overwrite) is decision
+
+
+def _report(node: str, index: int, count: int, sha: str = "s") -> dict[str, Any]:
+    return {"node": node, "raft_index": index, "payload_sha256": sha, "schedule_count": count}
+
+
+@pytest.mark.parametrize(
+    ("reports", "exclude", "chosen"),
+    [
+        ([], (), None),
+        ([_report("a", 90, 0), _report("b", 0, 0)], (), None),  # empty backups are never chosen
+        ([_report("a", 10, 5), _report("b", 90, 2), _report("c", 50, 9)], (), "b"),  # highest index
+        ([_report("a", 90, 5), _report("b", 90, 7), _report("c", 50, 9)], (), "b"),  # then most schedules
+        ([_report("c", 90, 7), _report("b", 90, 7)], (), "b"),  # then the lowest address
+        ([_report("a", 10, 5), _report("b", 90, 2)], ("b",), "a"),  # a holder passed over
+        ([_report("b", 90, 2)], ("b",), None),
+    ],
+)
+def test_best_report_takes_the_highest_index_then_the_most_schedules(
+    reports: list[dict[str, Any]], exclude: tuple[str, ...], chosen: str | None
+) -> None:
+    best = bk.best_report({r["node"]: r for r in reports}, frozenset(exclude))
+    assert (None if best is None else best["node"]) == chosen
+
+
+def test_lineage_index_counts_on_from_the_restored_backup() -> None:
+    assert bk.lineage_index({}, 7) == 7
+    assert bk.lineage_index({"base": 1000, "reports": {}}, 7) == 1007
 
 
 def _cmd(kind: str, **fields: Any) -> bytes:
@@ -417,6 +452,9 @@ def make_backups(
         interval_seconds=interval,
         registry=CollectorRegistry(),
         clock=clock,
+        # One node that announces no level, or three that do: either way, no waiting for long.
+        restore_level_wait_seconds=0.5,
+        report_wait_seconds=1.0,
     )
 
 

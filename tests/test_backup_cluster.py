@@ -5,6 +5,7 @@ backup the cluster restores. Each test fails on the release before its fix (issu
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import subprocess
@@ -194,3 +195,100 @@ def _encoded_of_size(size: int) -> bk.EncodedBackup:
     pad = max(0, size - len(payload.data))
     padded = Payload((*payload.pieces, b" " * pad), payload.sha256, 1, payload.size + pad)
     return bk.encode_backup(padded, node="n", raft_index=2, written_at=0.0)
+
+
+def views(cluster: LocalCluster, i: int) -> list[str]:
+    status, body = request_json(f"{cluster.nodes[i].url}/job-schedules/fibonacci")
+    assert status == 200, body
+    return sorted(s["Id"] for s in body)
+
+
+def _prepare_uneven_backups(cluster: LocalCluster) -> tuple[list[str], bytes, bytes]:
+    """Node 0's backup older (3 schedules), node 1's wiped, node 2's the newest (5); Raft data
+    wiped everywhere. Returns (the 5 ids, node 0's file, node 2's file)."""
+    files = files_of(cluster)
+    cluster.start()
+    cluster.wait_ready(timeout=30)
+    url = cluster.nodes[0].url
+    ids = create(url, 3)
+    wait_until(lambda: all(backup_of(f).info.schedule_count == 3 for f in files), 15, "3 backups of 3")
+    older = files[0].read_bytes()
+    ids += create(url, 2)
+    wait_until(lambda: all(backup_of(f).info.schedule_count == 5 for f in files), 15, "3 backups of 5")
+    cluster.stop()
+    newest = files[2].read_bytes()
+    assert backup_of(files[2]).info.schedule_count == 5
+    for i in range(3):
+        cluster.wipe(i)
+    for name in os.listdir(files[0].parent):
+        os.remove(files[0].parent / name)
+    files[0].write_bytes(older)
+    for name in os.listdir(files[1].parent):
+        os.remove(files[1].parent / name)
+    return ids, older, newest
+
+
+def test_a_cold_start_restores_the_best_backup_of_the_cluster_not_the_leaders_own(tmp_path: Path) -> None:
+    """Nodes 0 and 1 (one of them leads) hold an older and no backup; node 2, started a moment
+    later, holds the newest: the cluster restores node 2's, and no node's backup goes back."""
+    with cluster_of(tmp_path) as cluster:
+        ids, _, newest = _prepare_uneven_backups(cluster)
+        files = files_of(cluster)
+        cluster.start(0)
+        cluster.start(1)
+        leader = cluster.wait_leader(timeout=30)
+        assert leader in (0, 1)
+        time.sleep(1.0)  # node 2 is late (within the leader's wait for every report)
+        cluster.start(2)
+        cluster.wait_ready(timeout=30)
+        wait_until(lambda: all(views(cluster, i) == sorted(ids) for i in range(3)), 30, "the 5 restored")
+        # Every node's backup comes to hold the restored 5, at an index past the restored one.
+        restored_at = bk.verify_backup(newest).info.raft_index
+        wait_until(
+            lambda: all(
+                backup_of(f).info.schedule_count == 5 and backup_of(f).info.raft_index >= restored_at
+                for f in files
+            ),
+            15,
+            "every backup to hold the 5 schedules",
+        )
+        assert files[2].read_bytes() == newest  # the same content: the holder's file is left alone
+        assert metric(cluster.nodes[2].url, "slimsched_backup_restores_total", outcome="restored") == 1
+        time.sleep(2.0)  # ten more passes: nothing goes back
+        for f in files:
+            assert backup_of(f).info.schedule_count == 5 and backup_of(f).info.raft_index >= restored_at
+        for i in range(3):
+            assert metric(cluster.nodes[i].url, "slimsched_backup_behind_cluster") == 0
+
+
+def test_a_newer_backup_is_never_overwritten_by_an_older_state_without_the_operator(tmp_path: Path) -> None:
+    """Node 2, holding the newest backup, starts after the cluster restored node 0's older one:
+    its file stays as it is (the others say in /metrics that they are behind it) until the
+    operator asks for the overwrite."""
+    with cluster_of(tmp_path) as cluster:
+        ids, _, newest = _prepare_uneven_backups(cluster)
+        files = files_of(cluster)
+        cluster.start(0)
+        cluster.start(1)
+        wait_until(lambda: len(views(cluster, 0)) == 3, 40, "the older backup restored without node 2")
+        cluster.start(2)
+        cluster.wait_ready(timeout=30)
+        wait_until(lambda: views(cluster, 2) == sorted(ids[:3]), 15, "node 2 to catch up")
+        wait_until(
+            lambda: metric(cluster.nodes[2].url, "slimsched_backup_passes_total", outcome="older") >= 5,
+            15,
+            "node 2 to keep its newer backup pass after pass",
+        )
+        assert files[2].read_bytes() == newest
+        for i in (0, 1):
+
+            def behind(url: str = cluster.nodes[i].url) -> bool:
+                return metric(url, "slimsched_backup_behind_cluster") == 1
+
+            wait_until(behind, 15, f"node {i} to say its backup is behind node 2's")
+        assert metric(cluster.nodes[2].url, "slimsched_backup_behind_cluster") == 0
+        # The operator's explicit overwrite.
+        out, err = io.StringIO(), io.StringIO()
+        assert bk.cli_overwrite(cluster.nodes[2].url, out, err) == 0, err.getvalue()
+        assert backup_of(files[2]).info.schedule_count == 3
+        assert bk.verify_backup((files[2].parent / bk.PREV_NAME).read_bytes()).info.schedule_count == 5

@@ -32,8 +32,13 @@ the node's backup task and cold-start restore; ``admin`` the HTTP route of the o
 restore; ``cli`` the ``slimsched backup`` commands. The names below are the package's public ones.
 """
 
-from slimsched.backup.admin import ADMIN_RESTORE_PATH, MAX_RESTORE_BODY_BYTES, admin_routes
-from slimsched.backup.cli import cli_restore, cli_verify
+from slimsched.backup.admin import (
+    ADMIN_OVERWRITE_PATH,
+    ADMIN_RESTORE_PATH,
+    MAX_RESTORE_BODY_BYTES,
+    admin_routes,
+)
+from slimsched.backup.cli import cli_overwrite, cli_restore, cli_verify
 from slimsched.backup.disk import (
     NoSpace,
     Written,
@@ -72,21 +77,22 @@ from slimsched.backup.fileformat import (
     verify_backup,
 )
 from slimsched.backup.policy import (
-    CATCH_UP_GRACE_SECONDS,
     RESTORE_COMMIT_SECONDS,
     RESTORE_PART_BYTES,
     Decision,
     DiskState,
+    best_report,
     decide_write,
     is_cold_start,
+    lineage_index,
     restore_command,
     restore_parts,
 )
 from slimsched.backup.task import BackupMetrics, Backups
 
 __all__ = [
+    "ADMIN_OVERWRITE_PATH",
     "ADMIN_RESTORE_PATH",
-    "CATCH_UP_GRACE_SECONDS",
     "CORRUPT_NAME",
     "FILE_NAME",
     "FORMAT",
@@ -110,8 +116,10 @@ __all__ = [
     "Refused",
     "Written",
     "admin_routes",
+    "best_report",
     "check_integrity",
     "choose_backup",
+    "cli_overwrite",
     "cli_restore",
     "cli_verify",
     "damaged_name",
@@ -120,6 +128,7 @@ __all__ = [
     "encode_payload",
     "format_time",
     "is_cold_start",
+    "lineage_index",
     "load_disk_state",
     "make_payload",
     "payload_of",

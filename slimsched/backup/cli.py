@@ -8,7 +8,7 @@ from typing import IO
 
 import orjson
 
-from slimsched.backup.admin import ADMIN_RESTORE_PATH
+from slimsched.backup.admin import ADMIN_OVERWRITE_PATH, ADMIN_RESTORE_PATH
 from slimsched.backup.fileformat import BackupError, verify_backup
 from slimsched.backup.policy import RESTORE_COMMIT_SECONDS
 
@@ -72,3 +72,23 @@ def _read_file(path: str) -> bytes:
             return f.read()
     except OSError as e:
         raise BackupError(f"cannot read the file: {e.strerror or e}") from e
+
+
+def cli_overwrite(url: str, out: IO[str], err: IO[str], timeout: float = RESTORE_COMMIT_SECONDS) -> int:
+    """Ask one node to write its state over its backup even if that backup is newer or holds more."""
+    target = url.rstrip("/") + ADMIN_OVERWRITE_PATH
+    req = urllib.request.Request(target, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            answer = orjson.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        print(f"FAILED: {target} answered {e.code}: {e.read().decode(errors='replace')}", file=err)
+        return 1
+    except (OSError, urllib.error.URLError) as e:
+        print(f"FAILED: cannot reach {target}: {e}", file=err)
+        return 1
+    if not answer.get("Written"):
+        print(f"NOT WRITTEN: the pass answered {answer.get('Outcome')!r}", file=err)
+        return 1
+    print(f"OK: {url} wrote its state over its backup", file=out)
+    return 0

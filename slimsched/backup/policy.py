@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from slimsched.backup.fileformat import Backup, BackupInfo
 from slimsched.statemachine import State, encode_command
-
-# A node restarted with wiped Raft data looks "ready" while the log still streams in (pysyncobj
-# caps its commit index at its own log's end). During its first minute, a state holding fewer
-# schedules than the backup at a lower Raft index is taken for "still catching up", not written.
-CATCH_UP_GRACE_SECONDS = 60.0
 
 # Committing 100,000 schedules takes seconds; the restore retries with the same
 # request id until committed (the state machine answers a repeat from memory).
@@ -39,7 +36,19 @@ class Decision(StrEnum):
     WRITE = "written"
     UNCHANGED = "unchanged"
     KEEP_NON_EMPTY = "kept_non_empty"
-    CATCHING_UP = "catching_up"
+    OLDER = "older"  # the state is older than the backup: kept (a node catching up, a stale restore)
+
+
+def lineage_index(backups: Mapping[str, Any], applied_index: int) -> int:
+    """The index a backup of the state is written at: the Raft index, counted on from the index of
+    the backup the state was restored from (``base``, recorded by the restore).
+
+    A cold start replays Raft from index 0, so Raft indexes alone would make every backup written
+    after a restore look older than the one restored; counted on, the indexes of one cluster's
+    backups grow across cold starts, and "older" keeps its meaning.
+    """
+    base = backups.get("base", 0)
+    return (base if isinstance(base, int) else 0) + applied_index
 
 
 def decide_write(
@@ -47,10 +56,16 @@ def decide_write(
     schedule_count: int,
     disk: DiskState,
     *,
-    applied_index: int,
-    seconds_since_start: float,
+    state_index: int,
+    overwrite: bool = False,
 ) -> Decision:
-    """Whether the current state should replace the backup on disk."""
+    """Whether the current state (at ``state_index``, see ``lineage_index``) replaces the backup.
+
+    Never by nothing; never by an older state (a lower index, or the same index and fewer
+    schedules) unless the operator asked to ``overwrite``. A node whose Raft data was wiped thus
+    writes nothing until it has caught up, and a cluster that came back from an older backup
+    never replaces a newer one that a node still holds.
+    """
     if disk.main is not None and disk.main.payload_sha256 == payload_sha256:
         return Decision.UNCHANGED
     best = disk.best
@@ -59,12 +74,29 @@ def decide_write(
         return Decision.KEEP_NON_EMPTY
     if (
         best is not None
-        and seconds_since_start < CATCH_UP_GRACE_SECONDS
-        and schedule_count < best.schedule_count
-        and applied_index < best.raft_index
+        and not overwrite
+        and (
+            state_index < best.raft_index
+            or (state_index == best.raft_index and schedule_count < best.schedule_count)
+        )
     ):
-        return Decision.CATCHING_UP
+        return Decision.OLDER
     return Decision.WRITE
+
+
+def best_report(
+    reports: Mapping[str, Mapping[str, Any]], exclude: frozenset[str] = frozenset()
+) -> Mapping[str, Any] | None:
+    """The backup a cold start restores among those the nodes reported (``backup_report``): the
+    highest index, then the most schedules, then the lowest node address (so every node agrees).
+    An empty backup is never chosen."""
+    candidates = [r for node, r in reports.items() if r.get("schedule_count", 0) > 0 and node not in exclude]
+    if not candidates:
+        return None
+    top = max((r["raft_index"], r["schedule_count"]) for r in candidates)
+    return min(
+        (r for r in candidates if (r["raft_index"], r["schedule_count"]) == top), key=lambda r: str(r["node"])
+    )
 
 
 def is_cold_start(state: State) -> bool:
@@ -85,11 +117,20 @@ def is_cold_start(state: State) -> bool:
     return all((r.code == "ok" and r.value is None) or r.code == "interrupted" for r in state.recent.values())
 
 
-def restore_command(backup: Backup, rid: str) -> bytes:
-    return encode_command("restore", rid=rid, schedules=backup.schedules, last_fired=backup.last_fired)
+def _base(base_index: int | None) -> dict[str, int]:
+    """``base_index`` rides on a restore only once every member applies level 4 (``backup_report``)."""
+    return {} if base_index is None else {"base_index": base_index}
 
 
-def restore_parts(backup: Backup, rid: str, *, whole_bytes: int, part_bytes: int) -> list[bytes]:
+def restore_command(backup: Backup, rid: str, base_index: int | None = None) -> bytes:
+    return encode_command(
+        "restore", rid=rid, schedules=backup.schedules, last_fired=backup.last_fired, **_base(base_index)
+    )
+
+
+def restore_parts(
+    backup: Backup, rid: str, *, whole_bytes: int, part_bytes: int, base_index: int | None = None
+) -> list[bytes]:
     """The restore whose single command is ``whole_bytes`` long, as ``restore_part`` commands of
     about ``part_bytes`` each, committed in order (the state machine lands them with the last)."""
     count = len(backup.schedules)
@@ -107,6 +148,7 @@ def restore_parts(backup: Backup, rid: str, *, whole_bytes: int, part_bytes: int
                 parts=len(groups),
                 schedules=group,
                 last_fired={k: v for k, v in backup.last_fired.items() if k in ids_in},
+                **_base(base_index),
             )
         )
     return commands
