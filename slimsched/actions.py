@@ -58,8 +58,12 @@ def ticks_between(
 
 
 def manual_run_id(schedule_id: str, request_id: str) -> str:
-    """The run id of a manual trigger: the same request id always names the same run."""
-    return f"{schedule_id}-m-{hashlib.sha256(request_id.encode()).hexdigest()[:16]}"
+    """The run id of a manual trigger: the same request id always names the same run.
+
+    Its last part (``m`` and 16 hex digits) never reads as a tick, as the ``{schedule}-{tick}``
+    ids of cron and backfilled runs do.
+    """
+    return f"{schedule_id}-m{hashlib.sha256(request_id.encode()).hexdigest()[:16]}"
 
 
 def parse_time(value: Any, name: str) -> int:

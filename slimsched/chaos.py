@@ -59,6 +59,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -77,6 +78,13 @@ NEVER_IN_A_RUN = "0 0 1 1 *"  # churned schedules: created and deleted, never du
 TICK_PREFIX = "tick-"
 TRIGGER_PREFIX = "trig-"
 CHURN_JOBS = ("churn-0", "churn-1", "churn-2", "churn-3")
+ACTION_PREFIX = "action-"  # a schedule of such a job is triggered now and backfilled under faults
+ACTION_ROUNDS_PER_JOB = 25  # 4 runs a round: 100 runs a job, below the 200 finished runs kept
+ACTION_CRON = "0 * * * *"
+BACKFILL_EPOCH = 1_577_836_800  # 2020-01-01T00:00:00Z: each round backfills the next hours after it
+BACKFILL_HOURS = 3
+ACTION_ATTEMPTS = 40  # retries of one action (same RequestId) while its answer is unknown
+ACTION_PERIOD = 3.0
 TRIGGERS_PER_JOB = 100  # below the state machine's 200 finished runs per job: nothing is pruned
 TERMINAL_STATUSES = frozenset({"Succeeded", "Failed", "Canceled"})
 
@@ -475,6 +483,10 @@ class TickStats:
     missed: int = 0
     skipped: int = 0
     catch_up: int = 0  # ticks fired in one FireTick with older ticks recorded missed (an outage)
+
+
+def _iso(epoch_s: int) -> str:
+    return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def _tick_of(run_id: str) -> int | None:
@@ -1308,6 +1320,55 @@ class Harness:
                 self.log.unexpected.append(f"POST /job/{job}: {a.status} {a.body}")
             await _wait_event(self.stop_load, 1.0 / self.config.trigger_rate)
 
+    async def until_acked(self, name: str, path: str, body: dict[str, Any]) -> Answer | None:
+        """POST until a node acknowledges it; the body's RequestId makes every retry safe."""
+        for _ in range(ACTION_ATTEMPTS):
+            a = await self.op(name, "POST", path, body)
+            if a.acked and isinstance(a.body, dict):
+                return a
+            if a.status is not None and a.status < 500:
+                self.log.unexpected.append(f"POST {path}: {a.status} {a.body}")
+                return None
+            await asyncio.sleep(0.5)
+        return None
+
+    async def action_client(self) -> None:
+        """Schedule actions under faults: a manual trigger, then a backfill of the next hours of
+        2020, every few seconds, each retried with its RequestId until acknowledged. Every run
+        they report is checked like an acknowledged trigger: on every node, one Job. A job takes
+        ACTION_ROUNDS_PER_JOB rounds, so none holds more finished runs than the state keeps."""
+        base = ""
+        for n in itertools.count():
+            if self.stop_load.is_set():
+                return
+            if n % ACTION_ROUNDS_PER_JOB == 0:
+                job = f"{ACTION_PREFIX}{n // ACTION_ROUNDS_PER_JOB}"
+                sid = None
+                while sid is None and not self.stop_load.is_set():
+                    sid = await self.create_schedule(job, ACTION_CRON)
+                    if sid is None:
+                        await _wait_event(self.stop_load, 0.5)
+                if sid is None:
+                    return
+                base = f"/job-schedules/{job}/{sid}"
+            a = await self.until_acked("trigger schedule", f"{base}/trigger", {"RequestId": f"trigger-{n}"})
+            if a is not None:
+                self.log.triggers[str(a.body["Id"])] = AckedTrigger(job, time.time())
+            start = BACKFILL_EPOCH + n * BACKFILL_HOURS * 3600
+            window = {
+                "Start": _iso(start),
+                "End": _iso(start + (BACKFILL_HOURS - 1) * 3600),
+                "RequestId": f"backfill-{n}",
+            }
+            a = await self.until_acked("backfill", f"{base}/backfill", window)
+            if a is not None:
+                fired = [str(t["RunId"]) for t in a.body["Fired"]]
+                if len(fired) != BACKFILL_HOURS:
+                    self.log.unexpected.append(f"backfill {window}: fired {len(fired)} of {BACKFILL_HOURS}")
+                for run_id in fired:
+                    self.log.triggers[run_id] = AckedTrigger(job, time.time())
+            await _wait_event(self.stop_load, ACTION_PERIOD)
+
     # -- the end: heal, stop firing, wait for quiet, read everything -------------------------
 
     async def get_ok(self, index: int, path: str) -> Any:
@@ -1403,6 +1464,7 @@ async def _run(config: ChaosConfig, base_dir: str, emulator: EmulatorThread, kub
                 asyncio.create_task(h.trigger_client(), name=f"chaos-trigger-{i}")
                 for i in range(config.trigger_clients)
             ),
+            asyncio.create_task(h.action_client(), name="chaos-actions"),
         ]
         faults = asyncio.create_task(h.run_faults(timetable), name="chaos-faults")
         await _wait_event(h.stop_load, config.duration)

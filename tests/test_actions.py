@@ -218,6 +218,8 @@ def test_tick_enumeration_is_bounded_and_follows_cronplan() -> None:
         actions.ticks_between("* * * * *", "UTC", 0, 1001 * 60)
     assert e.value.code == "too_many_ticks"
     assert len(actions.ticks_between("* * * * *", "UTC", 60, 1000 * 60)) == 1000
+    # A manual run's id never ends in a number, as the {schedule}-{tick} ids of ticks do.
+    assert all(not actions.manual_run_id("s1", f"r{i}").rpartition("-")[2].isdigit() for i in range(200))
 
 
 # -- over HTTP, on a real single-node Raft cluster --------------------------------------------------
