@@ -19,6 +19,7 @@ one request burn the CPU of the leader, and no resource is anywhere near that si
 
 from __future__ import annotations
 
+import functools
 import re
 from fractions import Fraction
 
@@ -49,9 +50,18 @@ _BINARY_CAP = Fraction(2**63 - 1)
 
 
 def parse_quantity(s: str) -> Fraction:
-    """Return the exact value of the Kubernetes quantity ``s``; raise ``ValueError`` if malformed."""
+    """Return the exact value of the Kubernetes quantity ``s``; raise ``ValueError`` if malformed.
+
+    Memoized (bounded): a request's quantities are compared with the same configured ones again
+    and again, and exact parsing with fractions is most of what merging a request costs.
+    """
     if not isinstance(s, str):
         raise ValueError(f"a quantity must be a string, not {type(s).__name__}")
+    return _parse(s)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(s: str) -> Fraction:
     if not s:
         raise ValueError("an empty string is not a Kubernetes quantity")
     m = _QUANTITY.fullmatch(s)
