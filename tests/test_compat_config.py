@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import re
 import urllib.error
 import urllib.request
@@ -26,11 +27,14 @@ import orjson
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from slimsched.api import create_app
 from slimsched.emulator import Emulator, EmulatorThread
-from slimsched.jobmanifest import LABEL_JOB_NAME
+from slimsched.jobmanifest import LABEL_JOB_NAME, build_job_manifest, kube_job_name
 from slimsched.localcluster import LocalCluster
+from slimsched.model import JobSpec, Run, RunStatus
 from slimsched.raft import RaftNode
 from tests.conftest import ApiHarness, ManualClock, api_context
 from tests.helpers import wait_until
@@ -439,3 +443,45 @@ async def test_strict_mode_refuses_every_adjustment(
     assert (await strict_api.call("GET", "/job-schedules/fibonacci"))[1] == []
     status, answer = await strict_api.call("POST", "/job/fibonacci", {"Args": ["1"]})
     assert status == 202, answer
+
+
+# -- Kubernetes names derived from SlimFaas job names (pure) -----------------------------------------
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    job_name=st.from_regex(r"[a-z0-9_-]{1,40}", fullmatch=True),
+    schedule_id=st.from_regex(r"[a-z0-9-]{1,40}", fullmatch=True),
+    tick=st.integers(0, 2**40),
+)
+def test_every_slimfaas_job_name_gives_valid_kubernetes_names(
+    job_name: str, schedule_id: str, tick: int
+) -> None:
+    """SlimFaas accepts [a-z0-9_-] (src/SlimFaas/Endpoints/JobEndpoints.cs::FunctionNamePattern) and
+    builds '{name}-slimfaas-job-...' Job and container names Kubernetes refuses for '_' or a
+    leading '-'. Here the Job name, the container name and the labels are valid whatever the job
+    name, and derived only from (schedule, tick) / the run id, so a second create is a 409."""
+    run_id = f"{schedule_id}-{tick}"
+    run = Run(
+        id=run_id,
+        job_name=job_name,
+        spec=JobSpec(image="i"),
+        status=RunStatus.QUEUED,
+        queued_at_ms=0,
+        kube_name=kube_job_name(job_name, run_id),
+        schedule_id=schedule_id,
+        tick=tick,
+    )
+    manifest = build_job_manifest(run, namespace="default", raft_term=1, raft_index=2, schedule_id=None)
+    name = manifest["metadata"]["name"]
+    assert len(name) <= 63 and _DNS_LABEL.fullmatch(name), name
+    assert name == kube_job_name(job_name, run_id)  # deterministic
+    assert name.endswith("-" + hashlib.sha256(run_id.encode()).hexdigest()[:10])
+    container = manifest["spec"]["template"]["spec"]["containers"][0]["name"]
+    assert len(container) <= 63 and _DNS_LABEL.fullmatch(container), container
+    for labels in (manifest["metadata"]["labels"], manifest["spec"]["template"]["metadata"]["labels"]):
+        assert all(len(v) <= 63 and _LABEL_VALUE.fullmatch(v) for v in labels.values()), labels
+    assert manifest["metadata"]["annotations"]["slimsched/job-name"] == job_name  # the name itself
