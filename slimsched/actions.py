@@ -23,6 +23,8 @@ from slimsched.statemachine import MAX_BACKFILL_TICKS
 
 MAX_PREVIEW = 100
 DEFAULT_PREVIEW = 10
+MAX_EXPRESSION = 200  # characters of a previewed expression (?schedule), as openapi.json says
+MAX_TIME_ZONE = 100
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 

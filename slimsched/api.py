@@ -516,6 +516,12 @@ async def schedule_preview(request: web.Request) -> web.Response:
     if expr is None:
         raise BadRequest("invalid_query", "?schedule (a cron expression) is required")
     time_zone = request.query.get("timeZone", "UTC")
+    if len(expr) > actions.MAX_EXPRESSION or len(time_zone) > actions.MAX_TIME_ZONE:
+        raise BadRequest(
+            "invalid_query",
+            f"?schedule holds at most {actions.MAX_EXPRESSION} characters, "
+            f"?timeZone at most {actions.MAX_TIME_ZONE}",
+        )
     count = actions.parse_count(request.query.get("count"))
     cronplan.validate(expr, time_zone)
     ticks = actions.next_fires(expr, time_zone, int(ctx.clock()), count)

@@ -322,6 +322,8 @@ async def test_next_fire_times_of_a_schedule_and_of_an_expression(api: ApiHarnes
         ("schedule=*%20*%20*%20*%20*&count=0", "invalid_query"),
         ("schedule=*%20*%20*%20*%20*&count=101", "invalid_query"),
         ("", "invalid_query"),
+        ("schedule=" + "0" * 201, "invalid_query"),
+        ("schedule=*%20*%20*%20*%20*&timeZone=" + "E" * 101, "invalid_query"),
     ]:
         status, err = await api.call("GET", f"/schedule-preview?{query}")
         assert (status, err["Error"]) == (400, code), query
