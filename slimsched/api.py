@@ -274,7 +274,7 @@ async def list_schedules(request: web.Request) -> web.Response:
         return _json([views.schedule_view(s, last, now_s) for s, last in found])
     found.sort(key=lambda pair: views.schedule_key(pair[0]))
     keys = [views.schedule_key(s) for s, _ in found]
-    start = 0 if req.after is None else bisect.bisect_right(keys, req.after)
+    start = 0 if req.after is None else bisect.bisect_right(keys, paging.expect(req.after, (int, str)))
     page, headers = _paged(found, keys, start, req, f"schedules/{name}", request)
     return _json([views.schedule_view(s, last, now_s) for s, last in page], headers=headers)
 
@@ -567,13 +567,13 @@ async def list_jobs(request: web.Request) -> web.Response:
     started = len(ordered) - len(queue)
     keys: list[paging.Key] = [views.started_key(r) for r in ordered[:started]]
     keys += [(1, r.id) for r in queue]
-    after = req.after
+    after = None if req.after is None else paging.expect(req.after, (int, int, str), (int, str))
     if after is None:
         start = 0
-    elif after[0] == 1:
+    elif len(after) == 2:  # (1, id): a queued run
         start = next((i + 1 for i in range(started, len(ordered)) if keys[i] == after), started)
-    else:
-        start = bisect.bisect_right(keys, after, 0, started) if len(after) == 3 else 0
+    else:  # (0, -queued_at_ms, id): a run out of the queue
+        start = bisect.bisect_right(keys, after, 0, started)
     page, headers = _paged(ordered, keys, start, req, scope, request)
     at = views.positions(queue)
     return _json([views.run_view(r, at.get(r.id, -1)) for r in page], headers=headers)

@@ -70,6 +70,15 @@ def decode_token(token: str, scope: str) -> Key:
     return tuple(key)
 
 
+def expect(key: Key, *shapes: tuple[type, ...]) -> Key:
+    """``key`` if its items have the types of one of ``shapes`` (a token decoded fine but made
+    for another order, or forged, must not reach a comparison with the list's own keys)."""
+    for shape in shapes:
+        if len(key) == len(shape) and all(type(k) is t for k, t in zip(key, shape, strict=True)):
+            return key
+    raise _bad_token("not a position in this list")
+
+
 def parse(query: Mapping[str, str], scope: str) -> PageRequest:
     """The paging a request asks for; ``BadRequest`` (400) for a bad ``limit`` or token."""
     raw_limit = query.get("limit")

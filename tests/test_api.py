@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from slimsched import paging
 from tests.conftest import ApiHarness
 
 SCHEDULES = "/job-schedules/fibonacci"
@@ -210,3 +211,13 @@ async def test_a_page_token_survives_its_run_leaving_the_queue(api: ApiHarness) 
         (ids[2], "Queued"),
     ]
     assert [r["Id"] for r in (await _page(api, "/job/fibonacci?limit=2"))[0]] == ids[:2]
+
+
+@pytest.mark.parametrize("key", [["x", 1], [0, "x", 5], [1, 2], [0, 1]])
+@pytest.mark.parametrize("path", ["/job/fibonacci", SCHEDULES])
+async def test_a_forged_page_token_is_a_400_not_a_500(api: ApiHarness, path: str, key: list[Any]) -> None:
+    await api.call("POST", "/job/fibonacci", {})
+    await api.call("POST", SCHEDULES, {"Schedule": "0 0 * * *"})
+    scope = "runs/fibonacci" if path.startswith("/job/") else "schedules/fibonacci"
+    status, body = await api.call("GET", f"{path}?limit=1&continue={paging.encode_token(scope, tuple(key))}")
+    assert status == 400 and body["Error"] == "invalid_continue", body

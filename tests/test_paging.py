@@ -65,3 +65,11 @@ def test_window() -> None:
     assert paging.window(5, 3, 10) == (3, 5)
     assert paging.window(5, 9, 2) == (5, 5)
     assert paging.window(5, 1, 2) == (1, 3)
+
+
+@pytest.mark.parametrize("key", [("a", 1), (1,), (1, 2), (True, "x"), (1, "x", 2)])
+def test_a_key_of_another_shape_is_a_400(key: paging.Key) -> None:
+    with pytest.raises(BadRequest) as err:
+        paging.expect(key, (int, str))
+    assert err.value.code == "invalid_continue"
+    assert paging.expect((5, "x"), (int, int, str), (int, str)) == (5, "x")
