@@ -48,6 +48,7 @@ import contextlib
 import dataclasses
 import itertools
 import random
+import resource
 import shutil
 import signal
 import statistics
@@ -130,6 +131,9 @@ class FaultKind(StrEnum):
     # As crash-point, but the node elected stops (SIGSTOP) at the point and is continued once
     # another leader took over: its Job create then meets the Job that leader created (a 409).
     STOP_POINT = "stop-point"
+    # The leader's HTTP port gets more incomplete requests than its connection cap (issue 16):
+    # it must keep leading, its Raft port must keep accepting, the load must go on elsewhere.
+    SLOW_CLIENT_FLOOD = "slow-client-flood"
 
 
 # The point faults restart every node once or twice each (10-40 s under load): asked for by name.
@@ -150,7 +154,10 @@ HOLD_SECONDS: Mapping[FaultKind, float] = {
     FaultKind.PARTITION_LINK: 3.0,
     FaultKind.CRASH_POINT: 1.5,
     FaultKind.STOP_POINT: 3.0,
+    FaultKind.SLOW_CLIENT_FLOOD: 3.0,
 }
+# Above a node's default cap of open HTTP connections (1000), so that the refusal path runs too.
+FLOOD_CONNECTIONS = 1100
 # Where the crash-point and stop-point faults stop the leader (picked in turn, at random).
 POINT_FAULT_POINTS: tuple[str, ...] = ("fire-committed", "dispatch-committed", "job-created", "fire-applied")
 STOP_FAULT_POINTS: tuple[str, ...] = ("fire-committed", "dispatch-committed")
@@ -1029,6 +1036,7 @@ class Harness:
             FaultKind.PARTITION_LEADER,
             FaultKind.CRASH_POINT,
             FaultKind.STOP_POINT,
+            FaultKind.SLOW_CLIENT_FLOOD,
         ):
             target = leader
         elif kind in (FaultKind.RESTART_KEEP, FaultKind.RESTART_WIPE):
@@ -1039,7 +1047,8 @@ class Harness:
         record = FaultRecord(
             kind=kind,
             target=partner if partner is not None else target,
-            target_was_leader=target == leader and kind is not FaultKind.PARTITION_LINK,
+            target_was_leader=target == leader
+            and kind not in (FaultKind.PARTITION_LINK, FaultKind.SLOW_CLIENT_FLOOD),
             started_at=time.time(),
             offset=round(time.monotonic() - self.t0, 2),
             old_term=health.term,
@@ -1087,9 +1096,30 @@ class Harness:
                 self.proxy.heal_all()
         elif kind in (FaultKind.CRASH_POINT, FaultKind.STOP_POINT):
             await self.point_fault(record, leader, followers)
+        elif kind is FaultKind.SLOW_CLIENT_FLOOD:
+            await self.slow_client_flood(target, hold)
         record.reverted_after = loop.time() - started
         self.faults.append(record)
         return record
+
+    async def slow_client_flood(self, target: int, hold: float) -> None:
+        """Hold FLOOD_CONNECTIONS requests whose headers never end on the node's HTTP port."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        count = min(FLOOD_CONNECTIONS, max(0, soft - 256))  # the harness keeps its own descriptors
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            for _ in range(count):
+                try:
+                    _, w = await asyncio.open_connection("127.0.0.1", self.cluster.nodes[target].http_port)
+                except OSError:
+                    break
+                w.write(b"POST /job/fibonacci HTTP/1.1\r\nHost: chaos\r\nContent-Length: 10\r\n")
+                writers.append(w)
+            self.say(f"slow-client flood: {len(writers)} incomplete requests on node {target}")
+            await asyncio.sleep(hold)
+        finally:
+            for w in writers:
+                w.close()
 
     # -- crash points ------------------------------------------------------------------------
 
