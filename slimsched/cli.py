@@ -51,8 +51,7 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
     if args.data_dir:
         changes["data_dir"] = args.data_dir
     if args.jobs_config:
-        with open(args.jobs_config, encoding="utf-8") as f:
-            changes["jobs_configuration"] = f.read()
+        changes["jobs_configuration"] = _read_jobs_file(args.jobs_config)
     settings = dataclasses.replace(s, **changes)  # type: ignore[arg-type]
     settings.require_raft_security()
     return settings
@@ -171,13 +170,20 @@ def cmd_local(args: argparse.Namespace) -> int:
     return 0 if stopping and not failed else 1
 
 
+def _read_jobs_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read --jobs-config {path}: {getattr(e, 'strerror', None) or e}") from e
+
+
 def _local_jobs_configuration(args: argparse.Namespace, env: dict[str, str]) -> None:
     """The job configuration ``local`` runs, as ``serve`` reads it: ``--jobs-config``, else
     SLIMSCHED_JOBS_CONFIGURATION, SlimFaas__JobsConfiguration or SLIMSCHED_JOBS_CONFIGURATION_FILE
     from the environment, else the demo. Parsed once here, so a bad one is one line, not N."""
     if args.jobs_config:
-        with open(args.jobs_config, encoding="utf-8") as f:
-            text: str | None = f.read()
+        text: str | None = _read_jobs_file(args.jobs_config)
         source = args.jobs_config
     else:
         text = Settings.from_env(env).jobs_configuration

@@ -78,6 +78,27 @@ def test_a_bad_configuration_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_missing_jobs_config_file_is_one_clear_line(tmp_path: Path) -> None:
+    base = _consecutive_free_ports(2)
+    proc = _local(
+        [
+            "--nodes",
+            "1",
+            "--http-port",
+            str(base),
+            "--raft-port",
+            str(base + 1),
+            "--jobs-config",
+            "nope.json",
+        ],
+        _env(),
+        tmp_path,
+    )
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, (out, err)
+    assert err.strip() == "slimsched: cannot read --jobs-config nope.json: No such file or directory", err
+
+
 def test_local_honours_slimfaas_jobs_configuration(tmp_path: Path) -> None:
     base = _consecutive_free_ports(2)
     backups = tmp_path / "backups"
