@@ -344,6 +344,10 @@ def declared_schedules(jobs: JobsConfiguration, *, discovered: frozenset[str], n
                     req.concurrency_policy.value,
                     req.starting_deadline_seconds,
                     codec.overrides_to_dict(req.overrides),
+                    # A 6-field expression is read seconds first now: its id differs from the one
+                    # the earlier (seconds-last) release gave it, so the leader replaces a stored
+                    # copy of the old meaning with the configuration's. 5 fields: ids unchanged.
+                    *([codec.CRON_SECONDS_FIRST] if cronplan.has_seconds(req.schedule) else []),
                 ],
                 option=orjson.OPT_SORT_KEYS,
             )

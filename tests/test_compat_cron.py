@@ -5,6 +5,7 @@ Each case names the SlimFaas file (SlimPlanet/SlimFaas) or the convention it com
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -13,7 +14,7 @@ import orjson
 import pytest
 
 from slimsched import backup as bk
-from slimsched import codec, cronplan
+from slimsched import catalog, codec, cronplan, jobconfig
 from slimsched.errors import BadRequest
 from slimsched.model import Schedule
 from slimsched.statemachine import State, apply, encode_command
@@ -195,3 +196,27 @@ def test_slimfaas_cron_next_execution(expr: str, after: str, expected: list[str]
         tick = cronplan.next_fire(expr, "UTC", tick)
         got.append(tick)
     assert got == [ts(e) for e in expected]
+
+
+def _earlier_release_id(job: str, index: int, req: jobconfig.ScheduleRequest) -> str:
+    """A declared schedule's id as catalog.declared_schedules derived it before the marker."""
+    content = [job, index, req.schedule, req.time_zone, req.concurrency_policy.value]
+    content += [req.starting_deadline_seconds, codec.overrides_to_dict(req.overrides)]
+    return f"config-{hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:20]}"
+
+
+def test_a_declared_six_field_schedule_is_replaced_by_the_configurations_meaning() -> None:
+    """The configuration owns what it declares: a copy stored by the seconds-last release (same
+    text, old meaning) must not survive under the same id; a 5-field one keeps its id."""
+    jobs = jobconfig.parse_jobs_configuration(
+        orjson.dumps(
+            {
+                "Configurations": {"fib": {"Image": "demo/fib:1"}},
+                "Schedules": {"fib": [{"Schedule": "0 0 * * * *"}, {"Schedule": "0 0 * * *"}]},
+            }
+        ).decode()
+    )
+    six, five = catalog.declared_schedules(jobs, discovered=frozenset(), now_ms=0)
+    reqs = jobs.schedules["fib"]
+    assert six.cron == "0 0 * * * *" and six.id != _earlier_release_id("fib", 0, reqs[0])
+    assert five.id == _earlier_release_id("fib", 1, reqs[1])
