@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +23,7 @@ import orjson
 import pytest
 
 from slimsched.democonfig import DEMO_JOBS_CONFIGURATION
-from slimsched.localcluster import LocalCluster
+from slimsched.localcluster import LocalCluster, free_ports
 from tests.helpers import request, wait_until
 
 NOFILE = 300
@@ -278,3 +281,43 @@ def test_low_level_http_errors_answer_json(cluster: LocalCluster, raw: bytes, st
     assert _json_error(got)[:2] == (status, "application/json"), got[:300]
     body = _json_error(got)[2]
     assert body["Error"] == code and isinstance(body["Message"], str) and body["Message"], body
+
+
+def test_the_entry_point_raises_the_open_files_limit_to_the_hard_limit(tmp_path: Path) -> None:
+    (http,) = free_ports(1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLIMSCHED_")}
+    env.update(
+        SLIMSCHED_HTTP_HOST="127.0.0.1",
+        SLIMSCHED_HTTP_PORT=str(http),
+        SLIMSCHED_DATA_DIR=str(tmp_path),
+        SLIMSCHED_KUBE_MODE="none",
+        SLIMSCHED_RAFT_PASSWORD="limits-test-password",
+        SLIMSCHED_RAFT_ADDRESS=f"127.0.0.1:{free_ports(1)[0]}",
+    )
+    hard = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slimsched", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    )
+    try:
+        wait_until(lambda: _healthy(f"http://127.0.0.1:{http}"), 30, "the node to serve")
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        line = next(li for li in limits.splitlines() if li.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)], line
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return request(url + "/health", timeout=1)[0] == 200
+    except (OSError, urllib.error.URLError):
+        return False
