@@ -415,6 +415,7 @@ def _backfill(state: State, cmd: dict[str, Any]) -> Result:
     if policy is ConcurrencyPolicy.REPLACE and fire:
         for r in active:
             _put_run(state, replace(r, status=RunStatus.CANCELED, finished_at_ms=at, reason="Replaced"))
+    records: list[TickRecord] = []
     for t, kube_name in candidates:
         if t in firing:
             run = Run(
@@ -428,15 +429,11 @@ def _backfill(state: State, cmd: dict[str, Any]) -> Result:
                 tick=t,
             )
             _put_run(state, run)
-            _record_tick(
-                state, found.id, TickRecord(t, TickOutcome.FIRED, at, run_id=run.id, reason=BACKFILL_REASON)
-            )
+            records.append(TickRecord(t, TickOutcome.FIRED, at, run_id=run.id, reason=BACKFILL_REASON))
         else:
-            _record_tick(
-                state,
-                found.id,
-                TickRecord(t, TickOutcome.SKIPPED, at, reason=f"{BACKFILL_REASON}: {skip_reason}"),
-            )
+            records.append(TickRecord(t, TickOutcome.SKIPPED, at, reason=f"{BACKFILL_REASON}: {skip_reason}"))
+    if records:  # one ledger copy for the whole range (it keeps the newest LEDGER_PER_SCHEDULE)
+        state.ledger[found.id] = (*state.ledger.get(found.id, ()), *records)[-LEDGER_PER_SCHEDULE:]
     _prune_finished(state, found.job_name)
     return Result(
         "ok",
