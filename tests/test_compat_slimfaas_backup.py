@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -257,9 +259,24 @@ def test_import_into_a_real_cluster(cluster: LocalCluster, tmp_path: Path) -> No
     assert envs["MODE"]["Value"] == "fast" and envs["TOKEN"]["SecretKeyRef"] == {"Name": "s", "Key": "k"}
     assert [s["Schedule"] for s in request(f"{url}/job-schedules/default")[1]] == ["30 6 * * *"]
 
-    # Run again: nothing new (the refused one is refused again).
-    code, out, _ = _run(path, cluster.nodes[0].url)
-    assert "0 created, 3 already there, 1 failed, of 4" in out, out
+    # Run again, as an operator does (the command line): nothing new, the refused one refused again.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slimsched",
+            "backup",
+            "import-slimfaas",
+            str(path),
+            "--server",
+            cluster.nodes[0].url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "0 created, 3 already there, 1 failed, of 4" in proc.stdout, proc
+    assert "Traceback" not in proc.stderr
     assert len(fib()) == 2
 
 
