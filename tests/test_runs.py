@@ -82,6 +82,8 @@ def test_values_above_the_configuration_are_capped_with_a_warning(kc: KubeCluste
             warnings = resp.headers.get_all("Warning") or []
             run_id = json.loads(resp.read())["Id"]
         assert any(w.startswith("299 - ") and field in w for w in warnings), (field, warnings)
+        # Read from the first running node once it has applied the write node 1 acknowledged.
+        wait_until(lambda: any(r["Id"] == run_id for r in kc.runs("runner")), 10, "the run on node 0")  # noqa: B023
         kube_name = kc.run("runner", run_id)["Name"]
         wait_until(lambda: kube_name in kc.created_names(), 15, "the Job to be created")  # noqa: B023
         assert read(_job_of(kc, kube_name)), field
