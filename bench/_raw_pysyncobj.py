@@ -44,6 +44,8 @@ def make_conf(data_dir: str) -> SyncObjConf:
         RaftTimings(),
         journalFile=os.path.join(data_dir, "raft.journal"),
         fullDumpFile=os.path.join(data_dir, "raft.dump"),
+        # slimsched's nodes always run with a Raft password (issue 16): the anchor encrypts too.
+        password="bench-anchor-password",
     )
 
 
