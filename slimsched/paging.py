@@ -84,11 +84,12 @@ def parse(query: Mapping[str, str], scope: str) -> PageRequest:
     raw_limit = query.get("limit")
     limit: int | None = None
     if raw_limit is not None:
-        if not (raw_limit.isascii() and raw_limit.isdigit()) or len(raw_limit) > 9 or int(raw_limit) < 1:
+        digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= len(str(MAX_LIMIT))
+        if not digits or not 1 <= int(raw_limit) <= MAX_LIMIT:
             raise BadRequest(
                 "invalid_query", f"?limit must be a whole number from 1 to {MAX_LIMIT}, not {raw_limit!r}"
             )
-        limit = min(int(raw_limit), MAX_LIMIT)
+        limit = int(raw_limit)
     token = query.get("continue")
     after = decode_token(token, scope) if token else None
     return PageRequest(limit=limit, after=after)

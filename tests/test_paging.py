@@ -46,14 +46,16 @@ def test_a_bad_token_is_a_400(token: str) -> None:
 
 @pytest.mark.parametrize(
     ("query", "limit"),
-    [({}, None), ({"limit": "1"}, 1), ({"limit": "250"}, 250), ({"limit": "999999999"}, paging.MAX_LIMIT)],
+    [({}, None), ({"limit": "1"}, 1), ({"limit": "250"}, 250), ({"limit": "100000"}, paging.MAX_LIMIT)],
 )
 def test_limit(query: dict[str, str], limit: int | None) -> None:
     req = paging.parse(query, "s")
     assert req.limit == limit and req.paged is (limit is not None)
 
 
-@pytest.mark.parametrize("raw", ["0", "-1", "x", "1.5", "²", "1000000000", ""])
+@pytest.mark.parametrize(
+    "raw", ["0", "-1", "x", "1.5", "²", "100001", "6517984", "1" + "0" * 9, "9" * 5000, ""]
+)
 def test_a_bad_limit_is_a_400(raw: str) -> None:
     with pytest.raises(BadRequest) as err:
         paging.parse({"limit": raw}, "s")
