@@ -2,20 +2,24 @@
 
 At 100,000 schedules (bench_firing's mix) second 0 of every minute fires 240 ticks at once. A
 tick's Job cannot be created sooner than the client and the API server can create Jobs, so this
-measures that alone: 240 Job manifests (as the leader builds them) created through
-``KubeClient.create_job`` against the emulator process, nothing else running, with several sizes
-of the client's thread pool. For each row: the time from the first create to the last one's
-answer, the median, and the CPU the client process and the emulator spent on the burst.
+measures that alone: 240 Job manifests (as the leader builds them), at most 64 in flight (the
+leader's max_concurrent_dispatches), by three paths against the same server in the same run,
+alternating round by round:
 
-Run: ``.venv/bin/python -m bench.bench_kube_burst [--jobs 240] [--rounds 3]``
+- ``official``: ``KubeClient.create_job_through_client``, the official client's request path in
+  the client's thread pool (what ``create_job`` was before issue 18);
+- ``fast``: ``KubeClient.create_job``, an orjson body over aiohttp keep-alive connections on the
+  event loop (issue 18, decision 1);
+- ``plain``: a plain create loop, 8 threads each POSTing ready-made JSON over one kept-alive
+  ``http.client`` connection: what the server gives a client that costs almost nothing.
 
-``--kubeconfig FILE`` measures against that cluster's real API server instead (a namespace of its
-own, deleted at the end): ``KubeClient.create_job`` with the leader's thread pool and in-flight
-cap, next to a plain create loop on the same server in the same run (as many threads, each
-POSTing ready-made JSON over one kept-alive ``http.client`` connection), the two alternating
-round by round. Both create the same manifests with ``parallelism: 0`` so that the job controller
-starts no pods during the burst (a pod per Job would load the server the two paths share). The
-kubeconfig's current context must authenticate with a bearer token (realk8s's does):
+For each row: the time from the first create to the last one's answer, the median, creates a
+second, and the CPU the bench process spent per create (and the emulator's, against it).
+
+Run: ``.venv/bin/python -m bench.bench_kube_burst [--jobs 240] [--rounds 3]`` (the emulator), or
+``--kubeconfig FILE`` against that cluster's real API server (a namespace of its own, deleted at
+the end; the Jobs have ``parallelism: 0`` so that the job controller starts no pods during the
+burst). The kubeconfig's current context must authenticate with a bearer token (realk8s's does):
 ``bash ../shared/tools/realk8s.sh up &`` then
 ``.venv/bin/python -m bench.bench_kube_burst --kubeconfig ~/.cache/realk8s/kubeconfig``.
 """
@@ -31,6 +35,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +47,6 @@ from slimsched import jobconfig, kube
 from slimsched.jobmanifest import build_job_manifest, kube_job_name
 from slimsched.model import JobOverrides, Run, RunStatus
 
-THREADS = (1, 2, 4, 8)
 IN_FLIGHT = 64  # the leader's max_concurrent_dispatches
 
 
@@ -69,7 +73,9 @@ def manifests(n: int, tick: int, namespace: str = "default") -> list[dict[str, A
     return out
 
 
-async def burst(client: kube.KubeClient, batch: list[dict[str, Any]]) -> list[float]:
+async def burst(
+    create: Callable[[dict[str, Any]], Awaitable[bool]], batch: list[dict[str, Any]]
+) -> list[float]:
     """Create every manifest, at most IN_FLIGHT at once; each one's answer time from the start."""
     t0 = time.perf_counter()
     sem = asyncio.Semaphore(IN_FLIGHT)
@@ -77,44 +83,12 @@ async def burst(client: kube.KubeClient, batch: list[dict[str, Any]]) -> list[fl
 
     async def one(m: dict[str, Any]) -> None:
         async with sem:
-            if not await client.create_job(m):
+            if not await create(m):
                 raise RuntimeError(f"{m['metadata']['name']} already existed")
         done.append(time.perf_counter() - t0)
 
     await asyncio.gather(*(one(m) for m in batch))
     return sorted(done)
-
-
-async def measure(url: str, emulator_pid: int, jobs: int, rounds: int) -> list[list[object]]:
-    rows: list[list[object]] = []
-    tick = 1_800_000_000
-    for threads in THREADS:
-        client = kube.KubeClient.from_url(url, "default", call_threads=threads)
-        try:
-            tick += 60
-            await burst(client, manifests(20, tick))  # connections opened, code warm
-            for r in range(rounds):
-                tick += 60
-                batch = manifests(jobs, tick)
-                c0, e0 = time.process_time(), cpu_seconds(emulator_pid)
-                done = await burst(client, batch)
-                c1, e1 = time.process_time(), cpu_seconds(emulator_pid)
-                rows.append(
-                    [
-                        threads,
-                        r + 1,
-                        jobs,
-                        f"{done[-1] * 1000:.0f}",
-                        f"{done[len(done) // 2] * 1000:.0f}",
-                        f"{jobs / done[-1]:.0f}",
-                        f"{(c1 - c0) * 1e6 / jobs:.0f}",
-                        f"{(e1 - e0) * 1e6 / jobs:.0f}",
-                    ]
-                )
-                say(f"threads {threads} round {r + 1}: last answer {done[-1] * 1000:.0f} ms")
-        finally:
-            await client.close()
-    return rows
 
 
 # --- against a real API server ------------------------------------------------------------------
@@ -124,8 +98,8 @@ async def measure(url: str, emulator_pid: int, jobs: int, rounds: int) -> list[l
 class Server:
     host: str
     port: int
-    token: str
-    ssl: ssl.SSLContext
+    token: str | None
+    ssl: ssl.SSLContext | None
 
     @staticmethod
     def from_kubeconfig(path: str) -> Server:
@@ -142,11 +116,20 @@ class Server:
             url.hostname or "127.0.0.1", url.port or 443, user["token"], ssl.create_default_context(cadata=ca)
         )
 
-    def connection(self) -> http.client.HTTPSConnection:
+    @staticmethod
+    def plain_http(url: str) -> Server:
+        parts = urllib.parse.urlsplit(url)
+        return Server(parts.hostname or "127.0.0.1", parts.port or 80, None, None)
+
+    def connection(self) -> http.client.HTTPConnection:
+        if self.ssl is None:
+            return http.client.HTTPConnection(self.host, self.port, timeout=30)
         return http.client.HTTPSConnection(self.host, self.port, context=self.ssl, timeout=30)
 
-    def call(self, conn: http.client.HTTPSConnection, method: str, path: str, body: bytes | None) -> int:
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+    def call(self, conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None) -> int:
+        headers = {"Accept": "application/json"}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
         if body is not None:
             headers["Content-Type"] = "application/json"
         conn.request(method, path, body=body, headers=headers)
@@ -193,6 +176,73 @@ def plain_burst(server: Server, namespace: str, batch: list[dict[str, Any]], thr
     return sorted(done)
 
 
+PATHS = ("official", "fast", "plain")
+
+
+async def measure(
+    client: kube.KubeClient,
+    server: Server,
+    namespace: str,
+    jobs: int,
+    rounds: int,
+    server_pid: int | None,
+    no_pods: bool,
+) -> list[list[object]]:
+    """The three paths, alternating round by round, on one client and one server."""
+    threads = kube.CALL_THREADS
+    tick = 1_800_000_000
+    rows: list[list[object]] = []
+
+    def batch_of(n: int) -> list[dict[str, Any]]:
+        nonlocal tick
+        tick += 60
+        out = manifests(n, tick, namespace)
+        if no_pods:
+            for m in out:
+                m["spec"]["parallelism"] = 0  # no pods: the burst alone loads the server
+        return out
+
+    async def run(path: str, batch: list[dict[str, Any]]) -> list[float]:
+        if path == "official":
+            return await burst(client.create_job_through_client, batch)
+        if path == "fast":
+            return await burst(client.create_job, batch)
+        return await asyncio.to_thread(plain_burst, server, namespace, batch, threads)
+
+    for path in PATHS:
+        await run(path, batch_of(20))  # connections opened, code warm
+    for r in range(rounds):
+        for path in PATHS:
+            batch = batch_of(jobs)
+            c0 = time.process_time()
+            s0 = cpu_seconds(server_pid) if server_pid is not None else 0.0
+            done = await run(path, batch)
+            c1 = time.process_time()
+            s1 = cpu_seconds(server_pid) if server_pid is not None else 0.0
+            rows.append(
+                [
+                    path,
+                    r + 1,
+                    jobs,
+                    f"{done[-1] * 1000:.0f}",
+                    f"{done[len(done) // 2] * 1000:.0f}",
+                    f"{jobs / done[-1]:.0f}",
+                    f"{(c1 - c0) * 1e6 / jobs:.0f}",
+                    f"{(s1 - s0) * 1e6 / jobs:.0f}" if server_pid is not None else "-",
+                ]
+            )
+            say(f"{path} round {r + 1}: {jobs / done[-1]:.0f} creates/s")
+    return rows
+
+
+async def measure_emulator(url: str, pid: int, jobs: int, rounds: int) -> list[list[object]]:
+    client = kube.KubeClient.from_url(url, "default")
+    try:
+        return await measure(client, Server.plain_http(url), "default", jobs, rounds, pid, no_pods=False)
+    finally:
+        await client.close()
+
+
 async def measure_real(kubeconfig: str, jobs: int, rounds: int) -> list[list[object]]:
     server = Server.from_kubeconfig(kubeconfig)
     namespace = f"bench-kube-burst-{os.getpid()}"
@@ -200,48 +250,13 @@ async def measure_real(kubeconfig: str, jobs: int, rounds: int) -> list[list[obj
     body = orjson.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     if server.call(conn, "POST", "/api/v1/namespaces", body) != 201:
         raise SystemExit(f"cannot create namespace {namespace}")
-    threads = kube.CALL_THREADS
-    client = kube.KubeClient.from_kubeconfig(kubeconfig, namespace, call_threads=threads)
-    rows: list[list[object]] = []
-    tick = 1_800_000_000
-
-    def batch_of(n: int) -> list[dict[str, Any]]:
-        nonlocal tick
-        tick += 60
-        out = manifests(n, tick, namespace)
-        for m in out:
-            m["spec"]["parallelism"] = 0  # no pods: the burst alone loads the server
-        return out
-
+    client = kube.KubeClient.from_kubeconfig(kubeconfig, namespace)
     try:
-        await burst(client, batch_of(20))  # connections opened, code warm
-        await asyncio.to_thread(plain_burst, server, namespace, batch_of(20), threads)
-        for r in range(rounds):
-            for path in ("KubeClient.create_job", "plain http.client loop"):
-                batch = batch_of(jobs)
-                c0 = time.process_time()
-                if path == "KubeClient.create_job":
-                    done = await burst(client, batch)
-                else:
-                    done = await asyncio.to_thread(plain_burst, server, namespace, batch, threads)
-                c1 = time.process_time()
-                rows.append(
-                    [
-                        path,
-                        r + 1,
-                        jobs,
-                        f"{done[-1] * 1000:.0f}",
-                        f"{done[len(done) // 2] * 1000:.0f}",
-                        f"{jobs / done[-1]:.0f}",
-                        f"{(c1 - c0) * 1e6 / jobs:.0f}",
-                    ]
-                )
-                say(f"{path} round {r + 1}: {jobs / done[-1]:.0f} creates/s")
+        return await measure(client, server, namespace, jobs, rounds, None, no_pods=True)
     finally:
         await client.close()
         server.call(conn, "DELETE", f"/api/v1/namespaces/{namespace}", None)
         conn.close()
-    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -250,34 +265,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--kubeconfig", help="measure against this cluster's API server, not the emulator")
     args = parser.parse_args(argv)
+    headers = [
+        "path",
+        "round",
+        "Jobs",
+        "first to last ms",
+        "p50 ms",
+        "creates/s",
+        "client CPU us/create",
+        "emulator CPU us/create",
+    ]
     if args.kubeconfig:
         rows = asyncio.run(measure_real(args.kubeconfig, args.jobs, args.rounds))
-        print()
-        print(
-            table(
-                ["path", "round", "Jobs", "first to last ms", "p50 ms", "creates/s", "client CPU us/create"],
-                rows,
-            )
-        )
-        return
-    with emulator_process() as (url, pid):
-        rows = asyncio.run(measure(url, pid, args.jobs, args.rounds))
+    else:
+        with emulator_process() as (url, pid):
+            rows = asyncio.run(measure_emulator(url, pid, args.jobs, args.rounds))
     print()
-    print(
-        table(
-            [
-                "client threads",
-                "round",
-                "Jobs",
-                "first to last ms",
-                "p50 ms",
-                "creates/s",
-                "client CPU us/create",
-                "emulator CPU us/create",
-            ],
-            rows,
-        )
-    )
+    print(table(headers, rows))
 
 
 if __name__ == "__main__":
