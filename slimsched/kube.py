@@ -241,6 +241,11 @@ class KubeClient:
             raise KubeError(f"cannot load kubeconfig {path or '(default)'}: {e}") from e
         return cls(k8s.ApiClient(configuration), namespace, call_threads)
 
+    @property
+    def configuration(self) -> Any:
+        """The official client's ``Configuration``: host, TLS, token (and its refresh hook)."""
+        return self._api.configuration
+
     async def close(self) -> None:
         if self._fast is not None:
             await self._fast.close()

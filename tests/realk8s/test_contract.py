@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -22,8 +23,11 @@ from slimsched.errors import KubeError
 from slimsched.jobmanifest import build_job_manifest, kube_job_name, run_selector, run_status_from_job
 from slimsched.kube import KubeClient
 from slimsched.model import JobSpec, Run, RunStatus
-from tests.realk8s.backends import Backend
+from tests.realk8s.backends import Backend, RealBackend
+from tests.realk8s.deploy import service_account_credentials
 from tests.realk8s.images import ImageScript
+from tests.realk8s.kubeadmin import Credentials
+from tests.tlscerts import make_tls
 
 T = TypeVar("T")
 
@@ -105,6 +109,93 @@ async def test_a_second_create_of_a_name_is_409_and_the_job_keeps_its_labels(
     await eventually(lambda: kube.list_pods(run_selector(run.id)), bool, what="the Job's pod")
     [pod] = await kube.list_pods(run_selector(run.id))
     assert pod["metadata"]["labels"]["job-name"] == run.kube_name
+
+
+async def test_a_burst_of_creates_on_kept_alive_connections_then_409s(
+    backend: Backend, kube: KubeClient
+) -> None:
+    """Issue 18's create path: 48 creates at once (more than one connection, reused), then again."""
+    backend.image("contract/ok:1", ImageScript(run_seconds=0.5))
+    runs = [make_run(f"burst-{i}", "contract/ok:1") for i in range(48)]
+    manifests = [
+        build_job_manifest(r, namespace=backend.namespace, raft_term=3, raft_index=i, schedule_id=None)
+        for i, r in enumerate(runs)
+    ]
+    for m in manifests:
+        m["spec"]["parallelism"] = 0  # no pods: the real tier's fake kubelet has nothing to do
+    assert await asyncio.gather(*(kube.create_job(m) for m in manifests)) == [True] * len(runs)
+    assert await asyncio.gather(*(kube.create_job(m) for m in manifests)) == [False] * len(runs)
+    names = {j["metadata"]["name"] for j in backend.jobs("slimsched/raft-term=3")}
+    assert names == {r.kube_name for r in runs}
+
+
+def real_only(backend: Backend) -> RealBackend:
+    if not isinstance(backend, RealBackend):
+        pytest.skip("the emulator neither authenticates, authorizes nor serves TLS")
+    return backend
+
+
+async def test_a_create_with_a_wrong_token_is_a_401_kube_error(backend: Backend) -> None:
+    real = real_only(backend)
+    real.use_credentials(Credentials(real.credentials.server, "not-a-token", real.credentials.ca_pem))
+    client = real.client()
+    try:
+        with pytest.raises(KubeError) as info:
+            await client.create_job(
+                build_job_manifest(
+                    make_run("bad-token", "contract/ok:1"),
+                    namespace=real.namespace, raft_term=2, raft_index=7, schedule_id=None,
+                )
+            )  # fmt: skip
+        assert info.value.status == 401
+    finally:
+        await client.close()
+    assert real.jobs("slimsched/raft-term=2") == []
+
+
+async def test_a_create_without_the_right_is_a_403_kube_error(backend: Backend) -> None:
+    real = real_only(backend)
+    real.admin.create(
+        f"/api/v1/namespaces/{real.namespace}/serviceaccounts",
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "nobody"}},
+    )
+    real.use_credentials(service_account_credentials(real.admin, real.namespace, "nobody"))
+    client = real.client()
+    try:
+        with pytest.raises(KubeError) as info:
+            await client.create_job(
+                build_job_manifest(
+                    make_run("no-right", "contract/ok:1"),
+                    namespace=real.namespace, raft_term=2, raft_index=7, schedule_id=None,
+                )
+            )  # fmt: skip
+        assert info.value.status == 403
+        assert "forbidden" in str(info.value).lower()
+    finally:
+        await client.close()
+    assert real.jobs("slimsched/raft-term=2") == []
+
+
+async def test_a_server_outside_the_kubeconfigs_ca_is_refused(backend: Backend, tmp_path: Path) -> None:
+    """The create verifies the API server's certificate against the kubeconfig's CA (here another one)."""
+    real = real_only(backend)
+    real.use_credentials(
+        Credentials(real.credentials.server, real.credentials.token, make_tls(tmp_path).ca_pem)
+    )
+    client = real.client()
+    try:
+        with pytest.raises(KubeError) as info:
+            await client.create_job(
+                build_job_manifest(
+                    make_run("other-ca", "contract/ok:1"),
+                    namespace=real.namespace, raft_term=2, raft_index=7, schedule_id=None,
+                )
+            )  # fmt: skip
+        assert info.value.status is None
+        assert "certificate" in str(info.value).lower()
+    finally:
+        await client.close()
+    assert real.jobs("slimsched/raft-term=2") == []
 
 
 async def test_a_job_succeeds_with_a_complete_condition(backend: Backend, kube: KubeClient) -> None:

@@ -1,0 +1,198 @@
+"""KubeClient.create_job's own request path (issue 18) against a real aiohttp server over TLS.
+
+What it must keep from the official client: the kubeconfig's CA (a server it does not vouch for
+is refused), the Authorization header as the client's Configuration gives it at the time (a
+refresh hook that rotates the token is honoured, at once after a 401), and the contract of
+``create_job``: True created, False on 409, anything else a ``KubeError`` with the status and the
+Status message. The same create is checked on a real kube-apiserver by tests/realk8s/test_contract.py.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from aiohttp import web
+
+from slimsched.errors import KubeError
+from slimsched.kube import KubeClient
+from slimsched.localcluster import free_ports
+from tests.tlscerts import Tls, make_tls
+
+NAMESPACE = "fast"
+
+
+@dataclass
+class FakeApiServer:
+    """Answers Job creates like kube-apiserver: 401 to a wrong token, 409 to a known name."""
+
+    url: str
+    accepted_token: str = "good"
+    names: set[str] = field(default_factory=set)
+    authorizations: list[str | None] = field(default_factory=list)
+    broken: bool = False
+
+    async def create(self, request: web.Request) -> web.Response:
+        self.authorizations.append(request.headers.get("Authorization"))
+        if request.headers.get("Authorization") != f"Bearer {self.accepted_token}":
+            return self._status(401, "Unauthorized", "Unauthorized")
+        if request.content_type != "application/json":
+            return self._status(415, "UnsupportedMediaType", "no JSON")
+        if self.broken:
+            return self._status(500, "InternalError", "etcdserver: request timed out")
+        body = orjson.loads(await request.read())
+        name = body["metadata"]["name"]
+        if name in self.names:
+            return self._status(409, "AlreadyExists", f'jobs.batch "{name}" already exists')
+        self.names.add(name)
+        return web.json_response(body, status=201)
+
+    @staticmethod
+    def _status(code: int, reason: str, message: str) -> web.Response:
+        body = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code,
+        }
+        return web.json_response(body, status=code)
+
+
+@pytest.fixture
+async def tls(tmp_path: Path) -> Tls:
+    return make_tls(tmp_path)
+
+
+@pytest.fixture
+async def server(tls: Tls) -> AsyncIterator[FakeApiServer]:
+    (port,) = free_ports(1)
+    fake = FakeApiServer(url=f"https://127.0.0.1:{port}")
+    app = web.Application()
+    app.router.add_post("/apis/batch/v1/namespaces/{ns}/jobs", fake.create)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls.server).start()
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()
+
+
+def kubeconfig(tmp: Path, server: str, ca_pem: bytes, token: str) -> str:
+    path = tmp / f"kubeconfig-{token}"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {
+                            "server": server,
+                            "certificate-authority-data": base64.b64encode(ca_pem).decode(),
+                        },
+                    }
+                ],
+                "users": [{"name": "u", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    return str(path)
+
+
+def job(name: str) -> dict[str, Any]:
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": NAMESPACE}}
+
+
+async def test_created_then_409_then_a_server_error_with_its_status_and_message(
+    server: FakeApiServer, tls: Tls, tmp_path: Path
+) -> None:
+    client = KubeClient.from_kubeconfig(kubeconfig(tmp_path, server.url, tls.ca_pem, "good"), NAMESPACE)
+    try:
+        assert await client.create_job(job("a")) is True
+        assert await client.create_job(job("a")) is False
+        assert server.names == {"a"}
+        server.broken = True
+        with pytest.raises(KubeError) as info:
+            await client.create_job(job("b"))
+        assert info.value.status == 500
+        assert "etcdserver: request timed out" in str(info.value)
+        assert server.authorizations == ["Bearer good"] * 3
+    finally:
+        await client.close()
+
+
+async def test_a_wrong_token_is_a_401_kube_error(server: FakeApiServer, tls: Tls, tmp_path: Path) -> None:
+    client = KubeClient.from_kubeconfig(kubeconfig(tmp_path, server.url, tls.ca_pem, "stolen"), NAMESPACE)
+    try:
+        with pytest.raises(KubeError) as info:
+            await client.create_job(job("a"))
+        assert info.value.status == 401
+        assert server.names == set()
+        # The header was read again after the 401; unchanged, the create was not sent twice.
+        assert server.authorizations == ["Bearer stolen"]
+    finally:
+        await client.close()
+
+
+async def test_a_rotated_token_is_read_from_the_refresh_hook_after_a_401(
+    server: FakeApiServer, tls: Tls, tmp_path: Path
+) -> None:
+    client = KubeClient.from_kubeconfig(kubeconfig(tmp_path, server.url, tls.ca_pem, "good"), NAMESPACE)
+    current = ["Bearer good"]
+    hook_calls = []
+
+    def refresh(configuration: Any) -> None:  # what load_incluster_config's hook does with the file
+        hook_calls.append(current[0])
+        configuration.api_key["BearerToken"] = current[0]
+
+    client.configuration.refresh_api_key_hook = refresh
+    try:
+        assert await client.create_job(job("a")) is True
+        current[0] = "Bearer rotated"
+        server.accepted_token = "rotated"  # the old token is refused from now on
+        assert await client.create_job(job("b")) is True
+        assert server.authorizations == ["Bearer good", "Bearer good", "Bearer rotated"]
+        assert hook_calls == ["Bearer good", "Bearer rotated"]
+        assert await client.create_job(job("c")) is True
+        assert server.authorizations[-1] == "Bearer rotated"
+    finally:
+        await client.close()
+
+
+async def test_a_server_outside_the_kubeconfigs_ca_is_refused(server: FakeApiServer, tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    other = make_tls(tmp_path / "other")
+    client = KubeClient.from_kubeconfig(kubeconfig(tmp_path, server.url, other.ca_pem, "good"), NAMESPACE)
+    try:
+        with pytest.raises(KubeError) as info:
+            await client.create_job(job("a"))
+        assert info.value.status is None
+        assert "certificate" in str(info.value).lower()
+        assert server.authorizations == [], "nothing reached the server"
+    finally:
+        await client.close()
+
+
+async def test_an_unreachable_server_is_a_kube_error_without_status(tls: Tls, tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    client = KubeClient.from_kubeconfig(
+        kubeconfig(tmp_path, f"https://127.0.0.1:{port}", tls.ca_pem, "good"), NAMESPACE
+    )
+    try:
+        with pytest.raises(KubeError) as info:
+            await client.create_job(job("a"))
+        assert info.value.status is None
+    finally:
+        await client.close()
