@@ -1,12 +1,12 @@
 """Cron firing lateness with 1,000, 10,000 and 100,000 schedules on a 3-node cluster + emulator.
 
 Schedules are created through the API (64 concurrent clients spread over the 3 nodes) with a
-mix of expressions, deterministic by index (seconds are the 6th field, croniter's convention):
+mix of expressions, deterministic by index (6 fields read seconds first, as cronplan does):
 
 - ``burst``  0.2 %  ``* * * * *``        every minute at second 0: all of them at the same second
-- ``minute`` 2 %    ``* * * * * S``      every minute at second S, S spread over 0..49
-- ``hourly`` 17.8 % ``M * * * * S``      once an hour
-- ``daily``  80 %   ``M H * * * S``      once a day
+- ``minute`` 2 %    ``S * * * * *``      every minute at second S, S spread over 0..49
+- ``hourly`` 17.8 % ``S M * * * *``      once an hour
+- ``daily``  80 %   ``S M H * * *``      once a day
 
 (``--mix burst`` makes every schedule ``* * * * *``: the worst case, all ticks at one second.)
 No tick falls in seconds 50..59 of a minute, so the leader's CPU share is read there, "idle
@@ -15,7 +15,13 @@ between ticks" (runs last 0.7 s in the emulator). The window is two whole minute
 - tick -> Job created: per tick, from the emulator's creation log (``atUnix``, precise), for
   every tick of the window (a tick without a Job by the end of a grace period is "missing");
 - tick -> FireTick committed: the leader's ``slimsched_fire_lateness_seconds`` histogram over
-  the window (bucket-interpolated quantiles; "max <=" is the bucket bound).
+  the window (bucket-interpolated quantiles; "max <=" is the bucket bound);
+- the same burst by a plain create loop (issue 18, decision 3): after the window, in the quiet
+  seconds of a minute, as many Jobs as second 0 carried are POSTed from a whole second by
+  ``bench_kube_burst``'s plain loop (8 threads, one kept-alive ``http.client`` connection each,
+  ready-made JSON) to the same emulator, ``PLAIN_ROUNDS`` times; their lateness is read from the
+  same creation log, from that whole second. The target: slimsched's second-0 tick -> Job p99 at
+  most 50 ms above the plain loop's p99.
 
 Run: ``.venv/bin/python -m bench.bench_firing [--sizes 1000,10000,100000] [--mix mix|burst]``
 """
@@ -32,6 +38,7 @@ from collections.abc import Sequence
 import aiohttp
 import orjson
 
+from bench import bench_kube_burst
 from bench._common import (
     BENCH_JOB,
     cluster,
@@ -55,6 +62,8 @@ WINDOW_MINUTES = 2
 GRACE_SECONDS = 30.0
 QUIET_FROM = 52.0  # seconds of the minute: no tick is due in 50..59 and 0.7 s runs are over
 QUIET_TO = 59.5
+PLAIN_ROUNDS = 2
+PLAIN_THREADS = 8
 
 
 def mix_expr(i: int, rng: random.Random, mix: str) -> str:
@@ -65,10 +74,10 @@ def mix_expr(i: int, rng: random.Random, mix: str) -> str:
     if r < 2:
         return "* * * * *"
     if r < 22:
-        return f"* * * * * {s}"
+        return f"{s} * * * * *"
     if r < 200:
-        return f"{rng.randrange(60)} * * * * {s}"
-    return f"{rng.randrange(60)} {rng.randrange(24)} * * * {s}"
+        return f"{s} {rng.randrange(60)} * * * *"
+    return f"{s} {rng.randrange(60)} {rng.randrange(24)} * * *"
 
 
 async def create_schedules(
@@ -129,6 +138,32 @@ def sleep_until(t: float) -> None:
         time.sleep(delay)
 
 
+def plain_loop_lateness(emu_url: str, burst: int) -> list[float]:
+    """``burst`` Jobs by a plain create loop started at whole seconds in a quiet part of a minute.
+
+    Each round starts exactly at a whole second (as a tick would be due) and its lateness is
+    read like slimsched's: the emulator's creation time minus that second.
+    """
+    server = bench_kube_burst.Server.plain_http(emu_url)
+    lateness: list[float] = []
+    base_tick = 1_900_000_000
+    start = math.floor(time.time() / 60) * 60 + QUIET_FROM + 1
+    if start < time.time() + 1:
+        start += 60
+    for r in range(PLAIN_ROUNDS):
+        batch = bench_kube_burst.manifests(burst, base_tick + 60 * r)
+        names = {str(m["metadata"]["name"]) for m in batch}
+        at = start + 2 * r
+        sleep_until(at)
+        bench_kube_burst.plain_burst(server, "default", batch, PLAIN_THREADS)
+        lateness += [
+            float(x["atUnix"]) - at  # type: ignore[arg-type]
+            for x in creations(emu_url)
+            if x["outcome"] == "created" and x["name"] in names
+        ]
+    return lateness
+
+
 def run_size(n: int, mix: str, seed: int) -> list[object]:
     rng = random.Random(seed)
     exprs = [mix_expr(i, rng, mix) for i in range(n)]
@@ -177,10 +212,15 @@ def run_size(n: int, mix: str, seed: int) -> list[object]:
                 break
             time.sleep(2)
         term2 = (c.status(leader) or {}).get("Term")
+        burst = sum(1 for name in made if int(expected[name][0]) % 60 == 0) // WINDOW_MINUTES
+        say(f"[{n}] the plain create loop: {burst} Jobs from a whole second, {PLAIN_ROUNDS} rounds ...")
+        plain = plain_loop_lateness(emu_url, burst) if burst else []
     lat = [at - expected[name][0] for name, at in made.items()]
     # Second 0 of a minute carries the synchronized burst (every "* * * * *" at once): the
     # spread load is read apart from it.
     spread = [at - expected[name][0] for name, at in made.items() if int(expected[name][0]) % 60 != 0]
+    second0 = [at - expected[name][0] for name, at in made.items() if int(expected[name][0]) % 60 == 0]
+    s0_p99, plain_p99 = percentile(second0, 99), percentile(plain, 99)
     missing = len(expected) - len(made)
     fire = histogram_delta(m_after, m_before)
     disp = histogram_delta(d_after, d_before)
@@ -196,6 +236,9 @@ def run_size(n: int, mix: str, seed: int) -> list[object]:
         ms(percentile(lat, 99)),
         ms(max(lat) if lat else math.nan) + (" (+missing)" if missing else ""),
         f"{len(lat) - len(spread)}",
+        ms(s0_p99),
+        ms(plain_p99),
+        ms(s0_p99 - plain_p99),
         ms(percentile(spread, 50)),
         ms(percentile(spread, 99)),
         ms(histogram_quantile(fire, 0.5)),
@@ -232,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
                 "tick->Job p99 ms",
                 "tick->Job max ms",
                 "ticks at second 0",
+                "tick->Job p99 ms, second 0",
+                "plain loop p99 ms, same burst",
+                "second 0 minus plain, ms",
                 "tick->Job p50 ms, other seconds",
                 "tick->Job p99 ms, other seconds",
                 "tick->FireTick p50 ms",
