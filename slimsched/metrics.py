@@ -88,6 +88,11 @@ class Metrics:
             "Raft connections not accepted since start for lack of file descriptors",
             registry=r,
         )
+        self.raft_unidentified_dropped = Gauge(
+            "slimsched_raft_unidentified_dropped",
+            "Raft connections dropped since start before identifying a peer (too many, or too slow)",
+            registry=r,
+        )
         self.raft_resent_entries = Gauge(
             "slimsched_raft_resent_entries",
             "Entries already applied here that the leader sent again unchanged (benign), since start",

@@ -104,6 +104,7 @@ class Node:
         self.metrics.raft_listener_up.set_function(lambda: 0.0 if transport.listener_lost else 1.0)
         self.metrics.raft_frames_refused.set_function(lambda: float(transport.frames_refused))
         self.metrics.raft_accept_failures.set_function(lambda: float(transport.accept_failures))
+        self.metrics.raft_unidentified_dropped.set_function(lambda: float(transport.unidentified_dropped))
         self.metrics.raft_resent_entries.set_function(lambda: float(transport.resent_entries))
         self.metrics.raft_divergences.set_function(lambda: float(transport.divergences))
         if self.settings.backup_dir:

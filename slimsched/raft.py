@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import socket
@@ -43,8 +42,15 @@ from slimsched.raftdump import SNAPSHOT_STOP_SECONDS, DumpState, Snapshotter
 from slimsched.raftdump import compaction_due as compaction_due  # re-exported for tests
 from slimsched.raftwatch import LogWatch
 from slimsched.raftwire import (
+    ACCEPT_PAUSE_SECONDS,
+    CONNECTION_ERRORS,
     HANDSHAKE_FRAME_BYTES,
+    LISTEN_BACKLOG,
+    MAX_UNIDENTIFIED_CONNECTIONS,
+    OUT_OF_DESCRIPTORS,
+    UNIDENTIFIED_SECONDS,
     TransportCounters,
+    batch_groups,
     frame_cap_bytes,
     warn_rarely,
 )
@@ -125,28 +131,6 @@ class _CappedConnection(TcpConnection):  # type: ignore[misc]
         return message
 
 
-_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-# accept(2): Linux passes on a pending connection's own network error; the listener is fine.
-_CONNECTION_ERRORS = frozenset(
-    {
-        errno.EAGAIN,
-        errno.EWOULDBLOCK,
-        errno.EINTR,
-        errno.ECONNABORTED,
-        errno.EPROTO,
-        errno.EPERM,
-        errno.ENETDOWN,
-        errno.ENETUNREACH,
-        errno.EHOSTDOWN,
-        errno.EHOSTUNREACH,
-        errno.ENONET,
-        errno.ENOPROTOOPT,
-        errno.EOPNOTSUPP,
-    }
-)
-ACCEPT_PAUSE_SECONDS = 0.2
-
-
 class _Server(TcpServer):  # type: ignore[misc]
     """pysyncobj's TcpServer, except that running out of file descriptors does not close it.
 
@@ -171,9 +155,9 @@ class _Server(TcpServer):  # type: ignore[misc]
             try:
                 sock, _ = self._TcpServer__socket.accept()
             except OSError as e:
-                if e.errno in _CONNECTION_ERRORS:
+                if e.errno in CONNECTION_ERRORS:
                     return
-                if e.errno in _OUT_OF_DESCRIPTORS:
+                if e.errno in OUT_OF_DESCRIPTORS:
                     self._counters.accept_failures += 1
                     warn_rarely(self._counters, "Raft: cannot accept a connection: %s; pausing", e)
                     self._TcpServer__poller.unsubscribe(descr)
@@ -201,6 +185,10 @@ class _Server(TcpServer):  # type: ignore[misc]
             self._TcpServer__onNewConnectionCallback(conn)
         if event & POLL_EVENT_TYPE.ERROR:
             self._lose("the listening socket reported an error")
+
+    def bind(self) -> None:
+        super().bind()
+        self._TcpServer__socket.listen(LISTEN_BACKLOG)  # pysyncobj's 5 drops SYNs under a flood
 
     def resume_if_due(self) -> None:
         if self._paused_until is not None and time.monotonic() >= self._paused_until:
@@ -256,9 +244,27 @@ class _Transport(TCPTransport):  # type: ignore[misc]
             conn.__class__ = _CappedConnection
             conn.set_caps(self._full_cap, self._full_cap, self._counters)
 
+    def _onNewIncomingConnection(self, conn: Any) -> None:
+        """Not yet identified connections are few and short-lived: a stranger's idle ones would
+        otherwise stay open for good (pysyncobj times a connection out only on its own events)
+        and take the descriptors that peers and HTTP need."""
+        conn.accepted_at = time.monotonic()
+        if len(self._unknownConnections) >= MAX_UNIDENTIFIED_CONNECTIONS:
+            self._counters.unidentified_dropped += 1
+            warn_rarely(self._counters, "Raft: too many connections not identified yet; dropped one")
+            conn.disconnect()
+            return
+        super()._onNewIncomingConnection(conn)
+
     def _onTick(self) -> None:
         if isinstance(self._server, _Server):
             self._server.resume_if_due()
+        if self._unknownConnections:
+            overdue = time.monotonic() - UNIDENTIFIED_SECONDS
+            for conn in [c for c in self._unknownConnections if getattr(c, "accepted_at", overdue) < overdue]:
+                self._counters.unidentified_dropped += 1
+                conn.disconnect()  # pysyncobj's callback takes it out of the set
+                self._unknownConnections.discard(conn)
         super()._onTick()
 
     def destroy(self) -> None:
@@ -554,7 +560,7 @@ class RaftNode:
                 _settle(fut, None, FAIL_REASON.MISSING_LEADER)
             return
         batching = len(pending) > 1 and self.applied_by_all("batch")
-        for group in _groups(pending) if batching else [[item] for item in pending]:
+        for group in batch_groups(pending) if batching else [[item] for item in pending]:
             futs = [f for _, f in group]
             if len(group) == 1:
                 replica.apply(group[0][0], callback=lambda r, e, f=futs[0]: inbox.put(_settle, f, r, e))
@@ -564,22 +570,6 @@ class RaftNode:
                 replica.apply(
                     payload, callback=lambda r, e, fs=futs, p=payload: inbox.put(_settle_batch, fs, p, r, e)
                 )
-
-
-def _groups(
-    pending: list[tuple[bytes, asyncio.Future[tuple[Any, int]]]],
-) -> list[list[tuple[bytes, asyncio.Future[tuple[Any, int]]]]]:
-    """Consecutive runs of commands, each under MAX_BATCH_BYTES and MAX_BATCH_COMMANDS."""
-    groups: list[list[tuple[bytes, asyncio.Future[tuple[Any, int]]]]] = []
-    size = 0
-    for item in pending:
-        full = bool(groups) and len(groups[-1]) >= statemachine.MAX_BATCH_COMMANDS
-        if not groups or full or size + len(item[0]) > MAX_BATCH_BYTES:
-            groups.append([])
-            size = 0
-        groups[-1].append(item)
-        size += len(item[0]) + 1
-    return groups
 
 
 def _settle_batch(

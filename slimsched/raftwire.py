@@ -5,9 +5,13 @@ Pure: raft.py, the only module importing pysyncobj, enforces them in its transpo
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from dataclasses import dataclass
+from typing import TypeVar
+
+from slimsched.statemachine import MAX_BATCH_COMMANDS
 
 log = logging.getLogger("slimsched.raft")
 
@@ -51,11 +55,15 @@ class TransportCounters:
     frames_refused: int = 0  # frames announced beyond the cap; their connection was dropped
     accept_failures: int = 0  # accept() failed for lack of file descriptors (the listener stays)
     listener_lost: str | None = None  # why the Raft listening socket is closed, if it is
+    unidentified_dropped: int = 0  # connections dropped before they said which peer they are
     resent_entries: int = 0  # applied entries the leader sent again, unchanged (benign)
     divergences: int = 0  # applied entries replaced by another term or command: an alarm
     last_warning_at: float = -1e9
 
 
+# A peer identifies itself (random key, then its address) within milliseconds of connecting.
+MAX_UNIDENTIFIED_CONNECTIONS = 64
+UNIDENTIFIED_SECONDS = 5.0
 WARNING_INTERVAL_SECONDS = 10.0  # a flood of strangers logs one line per interval, not one each
 
 
@@ -66,3 +74,45 @@ def warn_rarely(counters: TransportCounters, msg: str, *args: object) -> None:
         log.warning(msg, *args)
     else:
         log.debug(msg, *args)
+
+
+# accept() failures of the Raft listener: out of descriptors (pause accepting), or a pending
+# connection's own error that Linux passes on (skip it); any other closes the listener.
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# accept(2): Linux passes on a pending connection's own network error; the listener is fine.
+CONNECTION_ERRORS = frozenset(
+    {
+        errno.EAGAIN,
+        errno.EWOULDBLOCK,
+        errno.EINTR,
+        errno.ECONNABORTED,
+        errno.EPROTO,
+        errno.EPERM,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENONET,
+        errno.ENOPROTOOPT,
+        errno.EOPNOTSUPP,
+    }
+)
+ACCEPT_PAUSE_SECONDS = 0.2
+LISTEN_BACKLOG = 128
+
+
+T = TypeVar("T")
+
+
+def batch_groups(pending: list[tuple[bytes, T]]) -> list[list[tuple[bytes, T]]]:
+    """Consecutive runs of commands, each under MAX_BATCH_BYTES and MAX_BATCH_COMMANDS."""
+    groups: list[list[tuple[bytes, T]]] = []
+    size = 0
+    for item in pending:
+        full = bool(groups) and len(groups[-1]) >= MAX_BATCH_COMMANDS
+        if not groups or full or size + len(item[0]) > MAX_BATCH_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += len(item[0]) + 1
+    return groups

@@ -8,8 +8,10 @@ in the image. One cluster serves the whole module: each test leaves it running a
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import pickle
+import selectors
 import signal
 import socket
 import struct
@@ -26,7 +28,7 @@ import pytest
 
 from slimsched.emulator import EmulatorThread
 from slimsched.localcluster import free_ports
-from slimsched.raftwire import HANDSHAKE_FRAME_BYTES
+from slimsched.raftwire import HANDSHAKE_FRAME_BYTES, MAX_UNIDENTIFIED_CONNECTIONS, UNIDENTIFIED_SECONDS
 from tests.helpers import KUBE_JOBS, request, wait_until
 from tests.test_discovery_cluster import _free_prefix
 
@@ -300,3 +302,37 @@ def test_the_largest_command_a_follower_forwards_fits_the_cap(nodes: StatefulSet
     assert status == 201, body
     status, _ = request(f"{nodes.url(follower)}/job-schedules/fibonacci/{body['Id']}", "DELETE")
     assert status == 204
+
+
+def test_a_strangers_idle_connections_are_few_and_short_lived(nodes: StatefulSetNodes) -> None:
+    """Connections that never identify a peer: at most MAX_UNIDENTIFIED_CONNECTIONS are held,
+    each for about UNIDENTIFIED_SECONDS (pysyncobj kept a silent one open for good)."""
+    count = MAX_UNIDENTIFIED_CONNECTIONS + 36
+    socks: list[tuple[socket.socket, float]] = []
+    try:
+        for _ in range(count):
+            socks.append(
+                (socket.create_connection(("127.0.0.1", nodes.raft_port(1)), timeout=5), time.monotonic())
+            )
+        lifetimes: list[float] = []
+        with selectors.DefaultSelector() as sel:
+            for s, opened in socks:
+                sel.register(s, selectors.EVENT_READ, opened)
+            deadline = time.monotonic() + UNIDENTIFIED_SECONDS + 10
+            while sel.get_map() and time.monotonic() < deadline:
+                for key, _ in sel.select(timeout=0.1):
+                    sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                    with contextlib.suppress(OSError):
+                        if sock.recv(4096):
+                            continue
+                    lifetimes.append(time.monotonic() - key.data)
+                    sel.unregister(sock)
+        early = sum(1 for t in lifetimes if t < 1.0)
+        print(f"{count} idle connections: {early} dropped at once, the rest after {max(lifetimes):.1f} s")
+        assert len(lifetimes) == count, f"{count - len(lifetimes)} idle connections still open"
+        assert early >= count - MAX_UNIDENTIFIED_CONNECTIONS
+        assert max(lifetimes) < UNIDENTIFIED_SECONDS + 3
+    finally:
+        for s, _ in socks:
+            s.close()
+    wait_until(nodes.all_connected, 15, "every node still connected to both peers")
