@@ -67,7 +67,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from slimsched import codec
+from slimsched import chaosbackup, codec
+from slimsched.backup import Backup
 from slimsched.cronplan import MAX_MISSED_RECORDED
 from slimsched.emulator import EmulatorThread
 from slimsched.jobmanifest import LABEL_RUN_ID, kube_job_name
@@ -134,11 +135,32 @@ class FaultKind(StrEnum):
     # The leader's HTTP port gets more incomplete requests than its connection cap (issue 16):
     # it must keep leading, its Raft port must keep accepting, the load must go on elsewhere.
     SLOW_CLIENT_FLOOD = "slow-client-flood"
+    # Every node SIGKILLed at once, then started again in order (data kept); or all but one, the
+    # last started a few seconds later. (slimsched.chaosbackup covers the backup kinds below.)
+    RESTART_ALL = "restart-all"
+    RESTART_ALL_LATE = "restart-all-late"
+    # One bit flipped in a node's backup file while it runs: set aside, never rotated to .prev.
+    DAMAGE_BACKUP = "damage-backup"
+    # Load paused, every node stopped, the leader's backup volume and every node's Raft data
+    # wiped, every node started: the cluster must restore the best backup left on another node.
+    COLD_START_WIPED_LEADER_BACKUP = "cold-start-wiped-leader-backup"
 
 
 # The point faults restart every node once or twice each (10-40 s under load): asked for by name.
 POINT_KINDS = frozenset({FaultKind.CRASH_POINT, FaultKind.STOP_POINT})
-ALL_KINDS: tuple[FaultKind, ...] = tuple(k for k in FaultKind if k not in POINT_KINDS)
+# The backup kinds need backup volumes (and a cold start wipes the runs): asked for by name too.
+BACKUP_KINDS = frozenset(
+    {
+        FaultKind.RESTART_ALL,
+        FaultKind.RESTART_ALL_LATE,
+        FaultKind.DAMAGE_BACKUP,
+        FaultKind.COLD_START_WIPED_LEADER_BACKUP,
+    }
+)
+ALL_KINDS: tuple[FaultKind, ...] = tuple(k for k in FaultKind if k not in POINT_KINDS | BACKUP_KINDS)
+BACKUP_INTERVAL_SECONDS = 1.0  # the nodes' backup interval when a backup kind is asked for
+LATE_START_SECONDS = 3.0  # restart-all-late: how much later the last node starts
+RESTORE_WAIT_SECONDS = 60.0  # a cold start: for the restore to land (the leader waits 15 s for reports)
 
 # How long a fault lasts before it is reverted. A pause or a partition outlasts the election
 # timeout (0.4-1.0 s) and the leader fallback timeout (2.5 s), so that a new leader is elected
@@ -155,6 +177,10 @@ HOLD_SECONDS: Mapping[FaultKind, float] = {
     FaultKind.CRASH_POINT: 1.5,
     FaultKind.STOP_POINT: 3.0,
     FaultKind.SLOW_CLIENT_FLOOD: 3.0,
+    FaultKind.RESTART_ALL: 1.0,
+    FaultKind.RESTART_ALL_LATE: 1.0,
+    FaultKind.DAMAGE_BACKUP: 0.0,
+    FaultKind.COLD_START_WIPED_LEADER_BACKUP: 1.0,
 }
 # Above a node's default cap of open HTTP connections (1000), so that the refusal path runs too.
 FLOOD_CONNECTIONS = 1100
@@ -524,6 +550,8 @@ def check(
     creations: Sequence[tuple[str, str]],
     notes: Sequence[Violation] = (),
     jobs_by_run: Mapping[str, Sequence[str]] | None = None,
+    cold_starts: Sequence[tuple[float, float]] = (),
+    old_jobs: frozenset[str] = frozenset(),
 ) -> tuple[list[Violation], TickStats]:
     """Compare what clients were told with what every node and the emulator hold.
 
@@ -538,6 +566,12 @@ def check(
       bounds may hide one); no tick fired after the schedule's delete was acknowledged;
     - every node holds the same state (StateHash).
 
+    A cold start (``cold_starts``: when the ledgers were last read before it, and when the
+    cluster was stopped) restores schedules and their last fired ticks only, not runs or ledgers
+    (backup/RUNBOOK.md): a trigger or tick from before it needs at most one Job instead of
+    exactly one and no run, the Jobs created before it (``old_jobs``) need no run, and the ticks
+    fired between that last read and the stop are in no ledger any more.
+
     ``creations`` is the emulator's log of Job create attempts as (name, outcome);
     ``jobs_by_run`` the names of the Jobs Kubernetes holds by their run-id label, so a run
     dispatched twice is seen whatever its Jobs are named. Pure: the harness gathers the inputs
@@ -545,6 +579,11 @@ def check(
     """
     out: list[Violation] = list(notes)
     stats = TickStats()
+    era = max((stopped for _, stopped in cold_starts), default=float("-inf"))  # runs and ledgers begin again
+
+    def wiped_with_a_ledger(first: int, last: int) -> bool:
+        return any(read - 2 <= first and last <= stopped + 1 for read, stopped in cold_starts)
+
     created = Counter(name for name, outcome in creations if outcome == "created")
 
     # Acknowledged schedule writes, on every node.
@@ -570,7 +609,7 @@ def check(
                     )
                 )
         for rid, t in log.triggers.items():
-            if rid not in snap.runs:
+            if rid not in snap.runs and t.acked_at >= era:
                 out.append(
                     Violation(
                         "acked-write-lost", f"run {rid} ({t.job}) acknowledged, missing on node {snap.index}"
@@ -580,7 +619,7 @@ def check(
     # Kubernetes Jobs: one per acknowledged trigger, one per run, no name twice, none unexplained.
     for rid, t in log.triggers.items():
         n = created[kube_job_name(t.job, rid)]
-        if n != 1:
+        if n != 1 and not (t.acked_at < era and n == 0):
             out.append(
                 Violation("trigger-not-one-job", f"acknowledged trigger {rid} ({t.job}) produced {n} Jobs")
             )
@@ -597,7 +636,7 @@ def check(
         for rid, run in snap.runs.items():
             runs.setdefault(rid, run)
     run_names = {str(r["Name"]) for r in runs.values()}
-    for name in sorted(set(created) - run_names):
+    for name in sorted(set(created) - run_names - old_jobs):
         out.append(Violation("phantom-job", f"Job {name} matches no run of the replicated state"))
 
     # Cron ticks: the ledgers (polled during the run and at the end) against runs and Jobs.
@@ -641,7 +680,7 @@ def check(
                 out.append(Violation("tick-handled-twice", f"schedule {sid} tick {tick}: {outcomes}"))
             if "fired" in outcomes:
                 fired_ticks.add(tick)
-                if tick not in fired_runs:
+                if tick not in fired_runs and tick >= era:
                     out.append(
                         Violation("fired-tick-without-run", f"schedule {sid} tick {tick} fired, no run")
                     )
@@ -660,12 +699,21 @@ def check(
             # is in the ledger, fired or missed: a new schedule loses no tick either.
             acked = log.created.get(sid)
             head = int(acked.acked_at) + 1 if acked is not None else None
-            if head is not None and ticks[0] > head and not _ledger_gap_explained(ticks[0], merged, polls):
+            if (
+                head is not None
+                and ticks[0] > head
+                and not _ledger_gap_explained(ticks[0], merged, polls)
+                and not wiped_with_a_ledger(head, ticks[0] - 1)
+            ):
                 out.append(
                     Violation("tick-lost", f"schedule {sid}: ticks {head}..{ticks[0] - 1} are in no ledger")
                 )
             for prev, nxt in itertools.pairwise(ticks):
-                if nxt != prev + 1 and not _ledger_gap_explained(nxt, merged, polls):
+                if (
+                    nxt != prev + 1
+                    and not _ledger_gap_explained(nxt, merged, polls)
+                    and not wiped_with_a_ledger(prev + 1, nxt - 1)
+                ):
                     out.append(
                         Violation(
                             "tick-lost", f"schedule {sid}: ticks {prev + 1}..{nxt - 1} are in no ledger"
@@ -678,7 +726,7 @@ def check(
                     )
         for tick in sorted(fired_ticks):
             n = created[kube_job_name(job, f"{sid}-{tick}")] if job is not None else 0
-            if n != 1:
+            if n != 1 and not (tick < era and n == 0):
                 out.append(Violation("tick-not-one-job", f"schedule {sid} tick {tick} produced {n} Jobs"))
         deleted = log.deleted.get(sid)
         if deleted is not None:
@@ -887,6 +935,16 @@ class Harness:
         self.kube_url = kube_url
         self.rng = random.Random(config.seed)
         n = config.nodes
+        self.backups_on = bool(BACKUP_KINDS & set(config.kinds))
+        backup_env = {"SLIMSCHED_BACKUP_INTERVAL_SECONDS": str(BACKUP_INTERVAL_SECONDS)}
+        self.watch = chaosbackup.BackupWatch()
+        self.load_open = asyncio.Event()  # cleared while a cold start stops the cluster
+        self.load_open.set()
+        self.in_flight = 0
+        self.no_request = asyncio.Event()  # set while no client request is in flight
+        self.no_request.set()
+        # Each cold start: (wall clock of the last ledger read before it, of the cluster's stop).
+        self.cold_starts: list[tuple[float, float]] = []
         ports = free_ports(3 * n)
         http, front, back = ports[:n], ports[n : 2 * n], ports[2 * n :]
         self.cluster = LocalCluster.create(
@@ -896,8 +954,10 @@ class Harness:
             raft_ports=front,
             raft_bind_ports=back,
             jobs_configuration=JOBS_CONFIGURATION,
+            backups=self.backups_on,  # the interval below is unused without them
             env={
                 **config.node_env,
+                **backup_env,
                 "SLIMSCHED_KUBE_URL": kube_url,
                 "SLIMSCHED_LOG_LEVEL": "WARNING",
                 # The partition proxy reads the first (unencrypted) frame of each Raft connection:
@@ -961,7 +1021,22 @@ class Harness:
         return self.rng.choice(up) if up else 0
 
     async def op(self, name: str, method: str, path: str, body: Any = None) -> Answer:
-        answer = await self.call(self.pick_node(), method, path, body)
+        if not self.load_open.is_set():  # a cold start under way: no new request
+            gates = {
+                asyncio.ensure_future(self.load_open.wait()),
+                asyncio.ensure_future(self.stop_load.wait()),
+            }
+            await asyncio.wait(gates, return_when=asyncio.FIRST_COMPLETED)
+            for gate in gates:
+                gate.cancel()
+        self.in_flight += 1
+        self.no_request.clear()
+        try:
+            answer = await self.call(self.pick_node(), method, path, body)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.no_request.set()
         self.log.count(name, answer)
         return answer
 
@@ -1039,8 +1114,12 @@ class Harness:
             FaultKind.SLOW_CLIENT_FLOOD,
         ):
             target = leader
-        elif kind in (FaultKind.RESTART_KEEP, FaultKind.RESTART_WIPE):
+        elif kind in (FaultKind.RESTART_KEEP, FaultKind.RESTART_WIPE, FaultKind.DAMAGE_BACKUP):
             target = self.rng.randrange(n)
+        elif kind in (FaultKind.RESTART_ALL, FaultKind.COLD_START_WIPED_LEADER_BACKUP):
+            target = leader  # every node; the leader's backup is the one a cold start loses
+        elif kind is FaultKind.RESTART_ALL_LATE:
+            target = self.rng.randrange(n)  # the node started late
         else:
             target = self.rng.choice(followers)
         partner = self.rng.choice(followers) if kind is FaultKind.PARTITION_LINK else None
@@ -1048,7 +1127,8 @@ class Harness:
             kind=kind,
             target=partner if partner is not None else target,
             target_was_leader=target == leader
-            and kind not in (FaultKind.PARTITION_LINK, FaultKind.SLOW_CLIENT_FLOOD),
+            and kind not in (FaultKind.PARTITION_LINK, FaultKind.SLOW_CLIENT_FLOOD)
+            and kind not in BACKUP_KINDS,
             started_at=time.time(),
             offset=round(time.monotonic() - self.t0, 2),
             old_term=health.term,
@@ -1098,6 +1178,26 @@ class Harness:
             await self.point_fault(record, leader, followers)
         elif kind is FaultKind.SLOW_CLIENT_FLOOD:
             await self.slow_client_flood(target, hold)
+        elif kind in (FaultKind.RESTART_ALL, FaultKind.RESTART_ALL_LATE):
+            late = target if kind is FaultKind.RESTART_ALL_LATE else None
+            for i in range(n):
+                self.cluster.signal(i, signal.SIGKILL)
+            for i in range(n):
+                await asyncio.to_thread(self.cluster.kill, i)  # reaped
+            await asyncio.sleep(hold)
+            for i in range(n):
+                if i != late:
+                    await asyncio.to_thread(self.cluster.start, i)
+            if late is not None:
+                await asyncio.sleep(LATE_START_SECONDS)
+                await asyncio.to_thread(self.cluster.start, late)
+        elif kind is FaultKind.DAMAGE_BACKUP:
+            backup_dir = self.backup_dir(target)
+            before = await asyncio.to_thread(chaosbackup.read_volume, backup_dir)
+            if await asyncio.to_thread(chaosbackup.damage, backup_dir, self.rng):
+                self.watch.damaged_by_fault(target, before.damaged_files)
+        elif kind is FaultKind.COLD_START_WIPED_LEADER_BACKUP:
+            await self.cold_start(leader, hold)
         record.reverted_after = loop.time() - started
         self.faults.append(record)
         return record
@@ -1120,6 +1220,85 @@ class Harness:
         finally:
             for w in writers:
                 w.close()
+
+    # -- backups -----------------------------------------------------------------------------
+
+    def backup_dir(self, index: int) -> str:
+        return str(self.cluster.nodes[index].backup_dir)
+
+    async def cold_start(self, leader: int, hold: float) -> None:
+        """Stop every node once the load is paused and applied everywhere (each writes a last
+        backup), wipe the leader's backup volume and every node's Raft data, start them all,
+        and check that the best backup left is restored before the load goes on."""
+        n = len(self.cluster.nodes)
+        self.load_open.clear()
+        try:
+            await _wait_event(self.no_request, CLIENT_TIMEOUT)
+            health = await self.wait_healthy(self.config.recovery_timeout)
+            read_at = time.time()
+            await self.read_every_ledger(health.leader if health is not None else leader)
+            await asyncio.to_thread(self.cluster.stop, 20.0)
+            self.cold_starts.append((read_at, time.time()))
+            await asyncio.to_thread(chaosbackup.wipe, self.backup_dir(leader))
+            self.watch.wiped(leader)
+            dirs = {i: self.backup_dir(i) for i in range(n)}
+            expected = await asyncio.to_thread(chaosbackup.best_backup, dirs)
+            for i in range(n):
+                self.cluster.wipe(i)
+            await asyncio.sleep(hold)
+            await asyncio.to_thread(self.cluster.start)
+            if expected is not None:
+                await self.wait_restored(expected[0], expected[1])
+        finally:
+            self.load_open.set()
+
+    async def read_every_ledger(self, index: int) -> None:
+        """The ledgers of the every-second schedules, read once more before a cold start wipes them."""
+        for sid, c in list(self.log.created.items()):
+            if c.cron != EVERY_SECOND or sid in self.log.deleted:
+                continue
+            a = await self.call(index, "GET", f"/job-schedules/{c.job}/{sid}/ticks")
+            if a.status == 200 and isinstance(a.body, list):
+                self.log.ledger_polls.setdefault(sid, []).append(list(a.body))
+
+    async def wait_restored(self, holder: int, backup: Backup) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RESTORE_WAIT_SECONDS
+        want: dict[str, set[str]] = {}
+        for d in backup.schedules:
+            want.setdefault(str(d["Name"]), set()).add(str(d["Id"]))
+        missing = sum(len(v) for v in want.values())
+        while loop.time() < deadline:
+            missing = 0
+            # On every node: a follower checks a schedule exists before it forwards an action.
+            for i in range(len(self.cluster.nodes)):
+                for job, ids in want.items():
+                    a = await self.call(i, "GET", f"/job-schedules/{job}", timeout=STATUS_TIMEOUT)
+                    listed = a.body if a.status == 200 and isinstance(a.body, list) else []
+                    missing += len(ids - {str(s["Id"]) for s in listed})
+            if missing == 0:
+                self.say(f"cold start: the best backup (node {holder}) was restored")
+                return
+            await asyncio.sleep(0.2)
+        self.notes.append(
+            Violation(
+                "best-backup-not-restored",
+                f"cold start: {missing} schedules of the best backup (node {holder}, index "
+                f"{backup.info.raft_index}) not restored within {RESTORE_WAIT_SECONDS:g} s",
+            )
+        )
+
+    async def observe_backups(self) -> None:
+        """The invariant "no valid backup lost", a few backup passes after a fault."""
+        if not self.backups_on:
+            return
+        await asyncio.sleep(3 * BACKUP_INTERVAL_SECONDS)
+        views = {
+            node.index: await asyncio.to_thread(chaosbackup.read_volume, self.backup_dir(node.index))
+            for node in self.cluster.nodes
+        }
+        for kind, message in self.watch.observe(views):
+            self.notes.append(Violation(kind, message))
 
     # -- crash points ------------------------------------------------------------------------
 
@@ -1251,6 +1430,7 @@ class Harness:
                 record.recovered_after = time.time() - record.started_at
                 self.say(f"healthy again {record.recovered_after:.2f} s after the fault")
                 await self.scrape()
+                await self.observe_backups()
 
     async def no_recovery(self) -> None:
         last = self.faults[-1].kind.value if self.faults else "the start"
@@ -1521,9 +1701,14 @@ async def _run(config: ChaosConfig, base_dir: str, emulator: EmulatorThread, kub
         hashes = await h.wait_converged(config.recovery_timeout)
         await h.scrape()
         snapshots = [await h.snapshot(i, hashes.get(i)) for i in range(config.nodes)]
+        await h.observe_backups()
         attempts = emulator.call(lambda e: e.creations())
         creations = [(c.name, c.outcome) for c in attempts]
-        violations, ticks = check(h.log, snapshots, creations, h.notes, await h.jobs_by_run())
+        era = max((stopped for _, stopped in h.cold_starts), default=float("-inf"))
+        old_jobs = frozenset(c.name for c in attempts if c.outcome == "created" and c.at_unix < era)
+        violations, ticks = check(
+            h.log, snapshots, creations, h.notes, await h.jobs_by_run(), h.cold_starts, old_jobs
+        )
         exercised = {
             **h.exercised(),
             "create answered 409": sum(1 for _, o in creations if o == "conflict"),

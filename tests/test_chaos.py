@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from slimsched import chaos
+from slimsched import chaos, chaosbackup
 from slimsched.chaos import (
     EVERY_SECOND,
     AckedTrigger,
@@ -357,3 +357,93 @@ def test_checker_fails_a_build_without_the_fire_tick_dedup(
     kinds = {v["kind"] for v in report["violations"]}
     assert "tick-handled-twice" in kinds, table
     assert "Violations: 0" not in table
+
+
+# --- the backup kinds (issue 16) ------------------------------------------------------------------
+
+
+def _cold_started_world() -> tuple[World, tuple[float, float]]:
+    """The clean world, then a cold start at tick 1010: runs and ledgers gone, the schedule
+    restored, a fresh ledger from the restored last tick on. Ticks 1006..1009 fired after the
+    last ledger read and before the stop, so they are in no ledger any more."""
+    log, snapshots, creations = _clean_world()
+    read_at, stopped_at = 1005.5, 1010.0
+    resumed = [_fired(t) for t in range(1010, 1013)]
+    for snap in snapshots:
+        snap.runs = {f"{SID}-{t}": _run(TICK_JOB, f"{SID}-{t}", SID, t * 1000 + 7) for t in range(1010, 1013)}
+        snap.ledgers[SID] = copy.deepcopy(resumed)
+    creations += [(_tick_name(t), "created") for t in range(1006, 1013)]
+    return (log, snapshots, creations), (read_at, stopped_at)
+
+
+def test_checker_accepts_what_a_cold_start_wipes_and_nothing_more() -> None:
+    (log, snapshots, creations), window = _cold_started_world()
+    old = frozenset({_tick_name(t) for t in range(1000, 1010)} | {kube_job_name(TRIGGER_JOB, RUN_ID)})
+    violations, _ = check(log, snapshots, creations, cold_starts=[window], old_jobs=old)
+    assert violations == []
+    # Without the cold start, the same world is full of losses.
+    violations, _ = check(log, snapshots, creations)
+    assert {"acked-write-lost", "tick-lost", "phantom-job"} <= {v.kind for v in violations}
+    # A gap outside the window between the last read and the stop is still a lost tick.
+    early = (window[0] + 3, window[1])
+    violations, _ = check(log, snapshots, creations, cold_starts=[early], old_jobs=old)
+    assert "tick-lost" in {v.kind for v in violations}
+    # An acknowledged schedule missing after the cold start is still a lost write.
+    for snap in snapshots:
+        snap.schedules.clear()
+    violations, _ = check(log, snapshots, creations, cold_starts=[window], old_jobs=old)
+    assert "acked-write-lost" in {v.kind for v in violations}
+
+
+def test_backup_watch_reports_a_lost_backup_a_lost_best_and_an_unnoticed_damage() -> None:
+    watch = chaosbackup.BackupWatch()
+    view = chaosbackup.VolumeView
+    assert watch.observe({0: view(100, 5, "a"), 1: view(90, 5, "b"), 2: view(100, 5, "a")}) == []
+    # A node's backup went back: lost (the others still hold the best).
+    kinds = [k for k, _ in watch.observe({0: view(100, 5, "a"), 1: view(80, 4, "c"), 2: view(100, 5, "a")})]
+    assert kinds == ["backup-lost"]
+    # A wiped volume is the fault's doing; the best of the cluster must survive elsewhere.
+    watch.wiped(0)
+    assert watch.observe({0: view(), 1: view(120, 5, "d"), 2: view(120, 5, "d")}) == []
+    watch.wiped(1)
+    watch.wiped(2)
+    kinds = [k for k, _ in watch.observe({0: view(), 1: view(), 2: view(110, 5, "e")})]
+    assert kinds == ["best-backup-lost"]
+    # A damaged file must be set aside.
+    watch.damaged_by_fault(2, 0)
+    kinds = [k for k, _ in watch.observe({0: view(130), 1: view(130), 2: view(130)})]
+    assert kinds == ["damage-unnoticed"]
+    assert watch.observe({0: view(130), 1: view(130), 2: view(130, damaged_files=1)}) == []
+
+
+def test_read_volume_and_damage_on_real_files(tmp_path: Path) -> None:
+    from slimsched import backup as bk
+    from slimsched.model import Schedule
+
+    d = tmp_path / "backup"
+    assert chaosbackup.read_volume(str(d)) == chaosbackup.VolumeView()
+    payload = bk.payload_of((Schedule(id="s1", job_name="j", cron="* * * * *"),), {})
+    old = bk.encode_backup(payload, node="n", raft_index=7, written_at=0.0)
+    new = bk.encode_backup(bk.payload_of((), {}), node="n", raft_index=9, written_at=1.0)
+    d.mkdir()
+    (d / bk.PREV_NAME).write_bytes(old.data)
+    (d / bk.FILE_NAME).write_bytes(new.data)
+    assert chaosbackup.read_volume(str(d)) == chaosbackup.VolumeView(9, 0, new.info.payload_sha256, 0)
+    assert chaosbackup.damage(str(d), random.Random(1))
+    assert chaosbackup.read_volume(str(d)).index == 7  # the damaged file no longer counts
+    best = chaosbackup.best_backup({0: str(d)})
+    assert best is not None and best[1].info.raft_index == 7  # the newest non-empty that verifies
+
+
+def test_chaos_run_with_the_backup_kinds_has_no_violations(tmp_path: Path) -> None:
+    kinds = (
+        FaultKind.COLD_START_WIPED_LEADER_BACKUP,
+        FaultKind.DAMAGE_BACKUP,
+        FaultKind.RESTART_ALL_LATE,
+    )
+    report = chaos.run_chaos(
+        ChaosConfig(duration=60.0, interval=14.0, seed=2, kinds=kinds, base_dir=str(tmp_path))
+    )
+    print(report.table())
+    assert report.violations == [], report.table()
+    assert {f.kind for f in report.faults} == set(kinds), report.table()
