@@ -1021,14 +1021,9 @@ class Harness:
         return self.rng.choice(up) if up else 0
 
     async def op(self, name: str, method: str, path: str, body: Any = None) -> Answer:
-        if not self.load_open.is_set():  # a cold start under way: no new request
-            gates = {
-                asyncio.ensure_future(self.load_open.wait()),
-                asyncio.ensure_future(self.stop_load.wait()),
-            }
-            await asyncio.wait(gates, return_when=asyncio.FIRST_COMPLETED)
-            for gate in gates:
-                gate.cancel()
+        # A cold start under way: no new request, even once the load is told to stop (the cold
+        # start opens the gate again when it ends, whatever happens).
+        await self.load_open.wait()
         self.in_flight += 1
         self.no_request.clear()
         try:

@@ -128,6 +128,7 @@ class BackupWatch:
 
     def wiped(self, node: int) -> None:
         self.high[node] = 0
+        self.damaged.pop(node, None)  # the files set aside went with the rest
 
     def damaged_by_fault(self, node: int, seen_before: int) -> None:
         self.damaged[node] = seen_before + 1

@@ -414,6 +414,10 @@ def test_backup_watch_reports_a_lost_backup_a_lost_best_and_an_unnoticed_damage(
     kinds = [k for k, _ in watch.observe({0: view(130), 1: view(130), 2: view(130)})]
     assert kinds == ["damage-unnoticed"]
     assert watch.observe({0: view(130), 1: view(130), 2: view(130, damaged_files=1)}) == []
+    # Set aside and then wiped with the whole volume (a cold start): nothing left to find.
+    watch.damaged_by_fault(1, 0)
+    watch.wiped(1)
+    assert watch.observe({0: view(140), 1: view(), 2: view(140, damaged_files=1)}) == []
 
 
 def test_read_volume_and_damage_on_real_files(tmp_path: Path) -> None:
