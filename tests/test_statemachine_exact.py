@@ -1,0 +1,380 @@
+"""Exact answers of the state machine, command by command: codes, messages, values and indexes.
+
+The property tests prove replay, snapshots and batches agree with themselves; they cannot see a
+wrong answer that every replica gives alike. These tables pin what each command answers and
+leaves behind (mutation testing found those answers unchecked: see bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+import orjson
+import pytest
+
+from slimsched import codec, cronplan, statemachine
+from slimsched.model import JobSpec, Run, RunStatus, Schedule
+from slimsched.statemachine import (
+    Restoring,
+    Result,
+    State,
+    apply,
+    decode_snapshot,
+    encode_batch,
+    encode_command,
+    encode_snapshot,
+)
+
+
+def _schedule(sid: str = "s1", job: str = "fib", paused: bool = False) -> Schedule:
+    return Schedule(id=sid, job_name=job, cron="* * * * *", paused=paused, created_at_ms=5)
+
+
+def _run(rid: str = "r1", job: str = "fib", status: RunStatus = RunStatus.QUEUED) -> Run:
+    return Run(
+        id=rid, job_name=job, spec=JobSpec(image="i"), status=status, queued_at_ms=7, kube_name=f"k-{rid}"
+    )
+
+
+def _with_schedule(paused: bool = False) -> State:
+    state = State()
+    sched = codec.schedule_to_dict(_schedule(paused=paused))
+    assert apply(state, encode_command("create_schedule", schedule=sched)) == Result("ok", value={"Id": "s1"})
+    return state
+
+
+# --- schedules -----------------------------------------------------------------------------------
+
+
+def test_create_twice_and_find_answer_exactly() -> None:
+    state = _with_schedule()
+    again = apply(state, encode_command("create_schedule", schedule=codec.schedule_to_dict(_schedule())))
+    assert again == Result("conflict", "schedule s1 already exists")
+    missing = Result("not_found", "no schedule s9 for job fib")
+    assert (
+        apply(state, encode_command("set_paused", job_name="fib", schedule_id="s9", paused=True)) == missing
+    )
+    other_job = apply(state, encode_command("set_paused", job_name="daisy", schedule_id="s1", paused=True))
+    assert other_job == Result("not_found", "no schedule s1 for job daisy")
+    assert state.schedules_of("fib") == [_schedule()] and state.schedules_of("nope") == []
+
+
+def test_pause_and_resume_answers_and_what_a_resume_owes() -> None:
+    state = _with_schedule()
+    state.last_fired["s1"] = 100
+
+    def paused(value: object, at: object = None) -> Result:
+        return apply(
+            state, encode_command("set_paused", job_name="fib", schedule_id="s1", paused=value, at=at)
+        )
+
+    assert paused(1) == Result("invalid", "paused must be a boolean")
+    assert paused(True, "soon") == Result("invalid", "at must be an integer")
+    assert not state.schedules["s1"].paused, "a refused command changed nothing"
+    assert paused(True, 500_000) == Result("ok", value={"Id": "s1", "Paused": True})
+    assert state.schedules["s1"].paused and state.last_fired["s1"] == 100, "pausing owes nothing"
+    assert paused(False, 900_999) == Result("ok", value={"Id": "s1", "Paused": False})
+    assert state.last_fired["s1"] == 900, "ticks that fell while paused are not owed"
+    assert paused(False, 2_000_000) == Result("ok", value={"Id": "s1", "Paused": False})
+    assert state.last_fired["s1"] == 900, "resuming a running schedule moves nothing"
+    assert paused(True, None).ok and paused(False, None).ok
+    assert state.last_fired["s1"] == 900, "a resume without a time moves nothing"
+    assert paused(True, 1_000).ok and paused(False, 1_000).ok
+    assert state.last_fired["s1"] == 900, "never backwards"
+    fresh = _with_schedule(paused=True)
+    assert apply(
+        fresh, encode_command("set_paused", job_name="fib", schedule_id="s1", paused=False, at=42_000)
+    ).ok
+    assert fresh.last_fired == {"s1": 42}
+
+
+def test_delete_drops_the_schedule_its_ticks_and_its_index() -> None:
+    state = _with_schedule()
+    other = codec.schedule_to_dict(_schedule("s2"))
+    assert apply(state, encode_command("create_schedule", schedule=other)).ok
+    state.last_fired["s1"] = 60
+    state.ledger["s1"] = ()
+    deleted = apply(state, encode_command("delete_schedule", job_name="fib", schedule_id="s1"))
+    assert deleted == Result("ok", value={"Id": "s1"})
+    assert "s1" not in state.last_fired and "s1" not in state.ledger
+    assert list(state.job_schedules["fib"]) == ["s2"]
+    assert apply(state, encode_command("delete_schedule", job_name="fib", schedule_id="s2")).ok
+    assert state.job_schedules == {}, "an emptied job leaves no index behind"
+    gone = apply(state, encode_command("delete_schedule", job_name="fib", schedule_id="s2"))
+    assert gone == Result("not_found", "no schedule s2 for job fib")
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+def test_enqueue_and_cancel_answer_exactly_and_keep_the_indexes() -> None:
+    state = State()
+    assert apply(state, encode_command("enqueue_run", run=codec.run_to_dict(_run()))) == Result(
+        "ok", value={"Id": "r1"}
+    )
+    assert apply(state, encode_command("enqueue_run", run=codec.run_to_dict(_run()))) == Result(
+        "conflict", "run r1 already exists"
+    )
+    running = codec.run_to_dict(_run("r2", status=RunStatus.RUNNING))
+    assert apply(state, encode_command("enqueue_run", run=running)) == Result(
+        "invalid", "a new run must be Queued"
+    )
+    assert state.queue_of("fib") == [_run()] and state.queue_of("nope") == [] and state.runs_of("nope") == []
+
+    def cancel(rid: str, job: str = "fib", at: int = 99) -> Result:
+        return apply(state, encode_command("cancel_run", job_name=job, run_id=rid, at=at))
+
+    assert cancel("r9") == Result("not_found", "no run r9 for job fib")
+    assert cancel("r1", job="daisy") == Result("not_found", "no run r1 for job daisy")
+    assert state.runs["r1"].status is RunStatus.QUEUED
+    first = cancel("r1")
+    assert first == Result("ok", value={"Id": "r1", "PreviousStatus": "Queued", "KubeName": "k-r1"})
+    canceled = state.runs["r1"]
+    assert (canceled.status, canceled.finished_at_ms, canceled.reason) == (
+        RunStatus.CANCELED,
+        99,
+        "DeletedByApi",
+    )
+    assert state.queued == {} and state.finished == {"fib": 1} and state.active == {}
+    again = cancel("r1", at=200)
+    assert again == Result("ok", value={"Id": "r1", "PreviousStatus": "Canceled", "KubeName": "k-r1"})
+    assert state.runs["r1"].finished_at_ms == 99, "a finished run stays as it ended"
+
+
+def test_start_dispatch_and_status_moves_answer_exactly() -> None:
+    state = State()
+    assert apply(state, encode_command("enqueue_run", run=codec.run_to_dict(_run()))).ok
+    start = encode_command("start_dispatch", run_id="r1", term=3, index=40)
+    assert apply(state, encode_command("start_dispatch", run_id="r9", term=3, index=40)) == Result(
+        "not_found", "no run r9"
+    )
+    assert apply(state, start) == statemachine.OK
+    run = state.runs["r1"]
+    assert (run.status, run.dispatch_term, run.dispatch_index) == (RunStatus.DISPATCHING, 3, 40)
+    assert state.active == {"fib": 1} and state.queued == {}
+    assert apply(state, start) == Result("conflict", "run r1 is Dispatching, not Queued")
+
+    def move(status: str, at: int, **extra: object) -> Result:
+        return apply(state, encode_command("run_status", run_id="r1", status=status, at=at, **extra))
+
+    assert move("Pending", 5, expect="Queued") == Result("conflict", "run r1 is Dispatching, not Queued")
+    assert move("Queued", 5) == Result("invalid", "a run cannot go back to Queued")
+    assert move("Running", 10, reason="Started") == statemachine.OK
+    assert (state.runs["r1"].started_at_ms, state.runs["r1"].reason) == (10, "Started")
+    assert move("Succeeded", 20) == statemachine.OK
+    done = state.runs["r1"]
+    assert (done.started_at_ms, done.finished_at_ms, done.reason) == (10, 20, "Started")
+    assert state.active == {} and state.finished == {"fib": 1}
+    assert move("Failed", 30) == Result("conflict", "run r1 already ended as Succeeded")
+    assert apply(state, encode_command("run_status", run_id="r9", status="Failed", at=1)) == Result(
+        "not_found", "no run r9"
+    )
+
+
+# --- restores, hello, batches ----------------------------------------------------------------------
+
+
+def _part(rid: object, part: object, parts: object, sids: list[str]) -> bytes:
+    schedules = [codec.schedule_to_dict(_schedule(s)) for s in sids]
+    return encode_command(
+        "restore_part",
+        restore=rid,
+        part=part,
+        parts=parts,
+        schedules=schedules,
+        last_fired={s: 9 for s in sids},
+    )
+
+
+def test_restore_parts_answer_exactly_and_stage_until_the_last() -> None:
+    state = State()
+    bad_id = Result("invalid", "restore_part needs a restore id")
+    bad_part = Result("invalid", "restore_part needs 0 <= part < parts")
+    assert apply(state, _part("", 0, 2, ["a"])) == bad_id
+    assert apply(state, _part(7, 0, 2, ["a"])) == bad_id
+    for part, parts in [(2, 2), (-1, 2), ("0", 2), (0, "2")]:
+        assert apply(state, _part("r", part, parts, ["a"])) == bad_part, (part, parts)
+    assert apply(state, _part("r", 1, 2, ["a"])) == Result(
+        "interrupted", "part 1 of restore 'r' does not follow the parts applied"
+    )
+    assert apply(state, _part("r", 0, 3, ["a"])) == statemachine.OK
+    assert state.restoring == Restoring(
+        id="r", parts=3, next_part=1, schedules={"a": _schedule("a")}, last_fired={"a": 9}
+    )
+    assert state.restoring.copy() == state.restoring and state.restoring.copy() is not state.restoring
+    staged = decode_snapshot(encode_snapshot(state))
+    assert staged.restoring == state.restoring, "a restore under way survives a snapshot"
+    assert apply(state, _part("other", 1, 3, ["b"])).code == "interrupted"
+    assert apply(state, _part("r", 1, 3, ["b"])) == statemachine.OK
+    assert state.schedules == {}, "nothing lands before the last part"
+    assert apply(state, _part("r", 2, 3, ["c"])) == Result("ok", value={"Restored": 3})
+    assert state.restoring is None and sorted(state.schedules) == ["a", "b", "c"]
+    assert state.last_fired == {"a": 9, "b": 9, "c": 9}
+    not_empty = Result("conflict", "state already holds schedules; restore refused")
+    assert apply(state, _part("r2", 0, 1, ["d"])) == not_empty
+    assert apply(state, encode_command("restore", schedules=[])) == not_empty
+
+
+def test_a_whole_restore_lands_without_last_fired() -> None:
+    state = State()
+    restore = encode_command("restore", schedules=[codec.schedule_to_dict(_schedule("a"))])
+    assert apply(state, restore) == Result("ok", value={"Restored": 1})
+    assert state.last_fired == {} and list(state.job_schedules["fib"]) == ["a"]
+
+
+def test_hello_records_levels_and_refuses_bad_ones() -> None:
+    state = State()
+    bad = Result("invalid", "hello needs a node address and a level >= 1")
+    for node, level in [("", 2), (5, 2), ("n:1", 0), ("n:1", "3"), ("n:1", -1)]:
+        assert apply(state, encode_command("hello", node=node, level=level)) == bad, (node, level)
+    assert apply(state, encode_command("hello", node="n:1", level=1)) == statemachine.OK
+    assert state.levels == {"n:1": 1}
+    assert not statemachine.applied_by_all(state, ["n:1"], "batch")
+    assert statemachine.applied_by_all(state, ["n:1"], "create_schedule")
+    assert apply(state, encode_command("hello", node="n:1", level=3)).ok
+    assert statemachine.applied_by_all(state, ["n:1"], "restore_part")
+    assert not statemachine.applied_by_all(state, ["n:1", "n:2"], "batch"), "an unknown member is level 1"
+
+
+def test_batch_results_reads_only_applied_batches() -> None:
+    state = State()
+    inner = [encode_command("barrier"), encode_command("hello", node="", level=1)]
+    payload = encode_batch(inner)
+    result = apply(state, payload)
+    assert statemachine.batch_results(payload, result) == [
+        statemachine.OK,
+        Result("invalid", "hello needs a node address and a level >= 1"),
+    ]
+    assert statemachine.batch_results(payload, Result("invalid", "x")) is None
+    assert statemachine.batch_results(encode_command("barrier"), statemachine.OK) is None
+    assert statemachine.batch_results(payload, Result("ok", value={"Results": "no"})) is None
+    assert statemachine.batch_results(payload, Result("ok")) is None
+
+
+# --- copies and snapshots --------------------------------------------------------------------------
+
+
+def test_a_copy_shares_no_map_with_its_original() -> None:
+    state = _with_schedule()
+    assert apply(state, encode_command("enqueue_run", run=codec.run_to_dict(_run()))).ok
+    assert apply(state, encode_command("enqueue_run", run=codec.run_to_dict(_run("r2")))).ok
+    assert apply(state, encode_command("start_dispatch", run_id="r2", term=1, index=1)).ok
+    assert apply(state, encode_command("hello", node="n", level=3, rid="q")).ok
+    state.last_fired["s1"] = 5
+    state.ledger["s1"] = ()
+    state.restoring = Restoring(id="x", parts=2, next_part=1)
+    state.finished["fib"] = 1
+    copy = state.copy()
+    assert copy == state
+    before = orjson.dumps(statemachine.snapshot_to_dict(copy))
+    apply(state, encode_command("create_schedule", schedule=codec.schedule_to_dict(_schedule("s2"))))
+    apply(state, encode_command("enqueue_run", run=codec.run_to_dict(_run("r3"))))
+    apply(state, encode_command("start_dispatch", run_id="r1", term=1, index=1))
+    apply(state, encode_command("hello", node="m", level=2, rid="z"))
+    state.last_fired["s1"] = 6
+    state.ledger["s9"] = ()
+    assert state.restoring is not None
+    state.restoring.schedules["y"] = _schedule("y")
+    state.finished["fib"] = 2
+    assert orjson.dumps(statemachine.snapshot_to_dict(copy)) == before
+    assert list(copy.queued["fib"]) == ["r1"] and copy.active == {"fib": 1} and copy.finished == {"fib": 1}
+    assert list(copy.job_schedules["fib"]) == ["s1"] and list(copy.job_runs["fib"]) == ["r1", "r2"]
+    assert copy.restoring is not None and copy.restoring.schedules == {}
+
+
+def test_snapshot_refuses_another_version_and_results_round_trip() -> None:
+    with pytest.raises(ValueError, match="unsupported snapshot version 2"):
+        statemachine.snapshot_from_dict({"v": 2})
+    assert Result.from_dict({"code": "ok"}) == Result("ok", "", None)
+    assert Result.from_dict(Result("conflict", "m", {"a": 1}).to_dict()) == Result("conflict", "m", {"a": 1})
+    assert statemachine.error("x", "y") == Result("x", "y")
+    state = _with_schedule()
+    assert statemachine.fingerprint(state) == statemachine.fingerprint(
+        decode_snapshot(encode_snapshot(state))
+    )
+    assert statemachine.fingerprint(state) != statemachine.fingerprint(State())
+
+
+def test_pruned_runs_leave_the_job_index_right() -> None:
+    state = State()
+    n = statemachine.FINISHED_RUNS_PER_JOB + 2
+    for i in range(n):
+        rid = f"r{i}"
+        assert apply(state, encode_command("enqueue_run", run=codec.run_to_dict(_run(rid)))).ok
+        assert apply(state, encode_command("cancel_run", job_name="fib", run_id=rid, at=i)).ok
+        assert (
+            apply(state, encode_command("run_status", run_id=rid, status="Failed", at=i)).code == "conflict"
+        )
+    assert apply(state, encode_command("enqueue_run", run=codec.run_to_dict(_run("last")))).ok
+    kept = list(state.job_runs["fib"])
+    assert len(kept) == statemachine.FINISHED_RUNS_PER_JOB + 1 and kept[-1] == "last"
+    assert kept[0] == f"r{n - statemachine.FINISHED_RUNS_PER_JOB}", "the oldest finished runs went first"
+    assert state.finished == {"fib": statemachine.FINISHED_RUNS_PER_JOB}
+    assert set(kept) == set(state.runs)
+
+
+# --- cron planning, exactly ------------------------------------------------------------------------
+
+PARIS = "Europe/Paris"
+FALL_BACK = 1761440400  # 2025-10-26 01:00 UTC: 03:00 CEST becomes 02:00 CET
+
+
+def test_a_fixed_hour_in_a_zone_fires_at_its_wall_time_after_days_of_outage() -> None:
+    """The walk back after an outage runs on the zone's wall clock, not the host's (UTC)."""
+    day = 86400
+    last = 1_760_000_000
+    plan = cronplan.plan("0 3 * * *", PARIS, last_handled=last, created_at=0, now=last + 3 * day + 1)
+    assert plan.due is not None
+    wall = [datetime.fromtimestamp(t, tz=cronplan.zone(PARIS)) for t in [*plan.missed, plan.due]]
+    assert [(w.hour, w.minute) for w in wall] == [(3, 0)] * 3
+    assert plan.due - plan.missed[-1] == day
+
+
+def test_a_wall_time_repeated_by_the_fall_back_fires_once_in_a_walk_back() -> None:
+    """02:30 happens twice on 2025-10-26 in Paris: a fixed-hour schedule fires the first only,
+    also when several ticks are pending (the walk back) rather than one."""
+    first_0230 = FALL_BACK - 1800  # 02:30 CEST = 00:30 UTC
+    plan = cronplan.plan(
+        "30 2 * * *", PARIS, last_handled=first_0230 - 2 * 86400, created_at=0, now=first_0230 + 86400 + 3600
+    )
+    assert plan.missed == (first_0230 - 86400, first_0230)
+    assert plan.due == first_0230 + 86400 + 3600  # the next day 02:30 CET
+    assert cronplan.next_fire("30 2 * * *", PARIS, first_0230) == first_0230 + 86400 + 3600
+    every = cronplan.plan(
+        "*/30 * * * *", PARIS, last_handled=FALL_BACK - 3600, created_at=0, now=FALL_BACK + 3600
+    )
+    assert [*every.missed, every.due] == [FALL_BACK - 1800 + 1800 * i for i in range(4)], "every real instant"
+
+
+def test_the_deadline_bound_is_inclusive_on_both_paths() -> None:
+    one = cronplan.plan(
+        "* * * * *", "UTC", last_handled=0, created_at=0, now=60 + 30, starting_deadline_seconds=30
+    )
+    assert (one.due, one.missed) == (60, ())
+    late = cronplan.plan(
+        "* * * * *", "UTC", last_handled=0, created_at=0, now=60 + 31, starting_deadline_seconds=30
+    )
+    assert (late.due, late.missed) == (None, (60,))
+    walk = cronplan.plan(
+        "* * * * *", "UTC", last_handled=0, created_at=0, now=180 + 30, starting_deadline_seconds=30
+    )
+    assert (walk.due, walk.missed, walk.next_tick) == (180, (60, 120), 240)
+    past = cronplan.plan(
+        "* * * * *", "UTC", last_handled=0, created_at=0, now=180 + 31, starting_deadline_seconds=30
+    )
+    assert (past.due, past.missed, past.next_tick) == (None, (60, 120, 180), 240)
+    none = cronplan.plan("* * * * *", "UTC", last_handled=0, created_at=0, now=59)
+    assert (none.due, none.missed, none.next_tick) == (None, (), 60)
+
+
+def test_a_run_kept_after_its_schedule_is_dropped_from_the_index() -> None:
+    state = State()
+    for rid in ("a", "b"):
+        assert apply(
+            state, encode_command("enqueue_run", run=codec.run_to_dict(replace(_run(rid), job_name="j")))
+        ).ok
+    statemachine._drop_run(state, "a")
+    assert list(state.job_runs["j"]) == ["b"] and list(state.queued["j"]) == ["b"]
+    statemachine._drop_run(state, "b")
+    assert state.job_runs == {} and state.queued == {} and state.runs == {}
