@@ -118,9 +118,10 @@ def test_local_cluster_dispatches_runs_with_optimized_nodes_and_stops_on_sigterm
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-        for c in children:
-            if _alive(c):
-                os.kill(c, signal.SIGKILL)
+        # Seen before anything is killed here: what outlived ``slimsched local`` on its own.
+        survivors = [c for c in children if _alive(c)]
+        for c in survivors:
+            os.kill(c, signal.SIGKILL)
     assert proc.returncode == 0, (tmp_path / "local.log").read_text(errors="replace")
     assert len(children) == 4  # three nodes and the emulator
-    assert not [c for c in children if _alive(c)], "a process of the local cluster outlived it"
+    assert not survivors, "a process of the local cluster outlived it"

@@ -7,6 +7,7 @@ import urllib.request
 from collections import Counter
 from typing import Any
 
+from slimsched.cronplan import MAX_MISSED_RECORDED
 from slimsched.jobmanifest import kube_job_name
 from tests.helpers import KubeCluster, request, wait_until
 
@@ -23,15 +24,23 @@ def test_every_second_schedule_fires_once_per_tick_across_five_leader_kills(kc: 
     start = time.time()
     kills = 0
     while kills < 5:
-        time.sleep(1.5)
+        time.sleep(1.5)  # the fault timetable: a kill every 1.5 s of leading
         leader = kc.cluster.wait_leader(timeout=20)
         kc.cluster.kill(leader)
+        last_kill_ms = int(time.time() * 1000)
         kills += 1
         kc.cluster.start(leader)
         kc.cluster.wait_ready(leader, timeout=20)
-    time.sleep(2.0)
-    status, ledger = request(f"{kc.any_url()}/job-schedules/ticker/{sid}/ticks")
-    assert status == 200
+
+    def fired_since_last_kill() -> list[dict[str, Any]]:
+        status, ticks = request(f"{kc.any_url()}/job-schedules/ticker/{sid}/ticks")
+        assert status == 200, ticks
+        after = [t for t in ticks if t["RecordedAt"] > last_kill_ms and t["Outcome"] == "fired"]
+        return list(ticks) if len(after) >= 2 else []
+
+    # The last leader fires again: two ticks fired after the last kill (not a fixed wait).
+    wait_until(lambda: bool(fired_since_last_kill()), 20, "ticks fired after the last kill")
+    ledger = fired_since_last_kill()
     assert request(f"{kc.any_url()}/job-schedules/ticker/{sid}", "DELETE")[0] == 204
     end = time.time()
     # Let the last dispatches land (the schedule is gone, its queued runs remain and dispatch).
@@ -58,6 +67,15 @@ def test_every_second_schedule_fires_once_per_tick_across_five_leader_kills(kc: 
     assert sorted(outcomes) == list(range(fired_ticks[0], last + 1)), outcomes
     assert {t for t, o in outcomes.items() if o == "fired"} == {t for t in fired_ticks if t <= last}
     assert set(outcomes.values()) <= {"fired", "missed"}
+    # "Fires", not only "at most once": each FireTick (its records share RecordedAt) fired its
+    # newest pending tick and recorded only the older ones missed, so every takeover fired.
+    batches: dict[int, list[tuple[int, str]]] = {}
+    for t in ledger:
+        batches.setdefault(t["RecordedAt"], []).append((t["Tick"], t["Outcome"]))
+    for batch in batches.values():
+        batch.sort()
+        assert batch[-1][1] == "fired" and {o for _, o in batch[:-1]} <= {"missed"}, batch
+    assert sum(1 for b in batches.values() if len(b) > 1) >= 1, "a takeover had ticks to catch up"
 
 
 def ledger(kc: KubeCluster, sid: str) -> dict[int, str]:
@@ -74,6 +92,7 @@ def test_ticks_missed_while_the_cluster_was_down_are_in_the_ledger(kc: KubeClust
     down_from = time.time()  # the outage starts with the first node stopping
     kc.cluster.stop()
     time.sleep(3.0)  # the outage itself: ticks fall due while no node runs
+    restarted_ms = int(time.time() * 1000)
     kc.cluster.start()
     kc.cluster.wait_ready(timeout=30)
 
@@ -84,14 +103,29 @@ def test_ticks_missed_while_the_cluster_was_down_are_in_the_ledger(kc: KubeClust
 
     wait_until(recovered, 15, "the new leader to record the outage and fire again")
     outcomes = ledger(kc, sid)
-    first, last = min(outcomes), max(outcomes)
-    assert sorted(outcomes) == list(range(first, last + 1)), f"every tick is in the ledger: {outcomes}"
     missed = sorted(t for t, o in outcomes.items() if o == "missed")
     assert len(missed) >= 2, f"the outage is recorded as missed ticks: {outcomes}"
     assert all(t >= int(down_from) - 1 for t in missed)
-    # The most recent tick of the outage (inside StartingDeadlineSeconds) fired once on restart.
+    # The outage's ticks were handled by the first FireTick after the restart (its records share
+    # RecordedAt): every tick since the last one handled (the newest MAX_MISSED_RECORDED of them
+    # if the machine took longer to come back), the newest fired (whatever its age, the default)
+    # and each older one missed. Before and after it, every second is in the ledger.
+    status, raw = request(f"{kc.any_url()}/job-schedules/ticker/{sid}/ticks")
+    assert status == 200, raw
+    after = [t for t in raw if t["RecordedAt"] >= restarted_ms]
+    first_at = min(t["RecordedAt"] for t in after)
+    batch = sorted((t["Tick"], t["Outcome"]) for t in after if t["RecordedAt"] == first_at)
+    handled_before = max(t["Tick"] for t in raw if t["RecordedAt"] < first_at)
+    newest = batch[-1][0]
+    listed_from = max(handled_before + 1, newest - MAX_MISSED_RECORDED)
+    assert [t for t, _ in batch] == list(range(listed_from, newest + 1)), batch
+    assert sorted(t for t in outcomes if t <= handled_before) == list(
+        range(min(outcomes), handled_before + 1)
+    )
+    assert sorted(t for t in outcomes if t >= newest) == list(range(newest, max(outcomes) + 1))
+    assert len(batch) >= 3 and batch[-1][1] == "fired", batch
+    assert {o for _, o in batch[:-1]} == {"missed"}, batch
     fired = sorted(t for t, o in outcomes.items() if o == "fired")
-    assert any(t > missed[-1] for t in fired)
     created = kc.created_names()
     assert len(created) == len(set(created))
     wait_until(
