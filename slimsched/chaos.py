@@ -37,7 +37,18 @@ another lags is not a crash fault and may lose committed entries, so it is never
 
 Proving the checker can fail: nodes started with SLIMSCHED_TEST_BREAK_FIRE_DEDUP=1 (read by the
 node's entry point, inherited from the harness's environment) accept a FireTick for a tick
-already handled; a run with ``--kinds pause-leader`` then reports tick-handled-twice.
+already handled; a run with ``--kinds pause-leader`` then reports tick-handled-twice. Nodes
+started with SLIMSCHED_TEST_BREAK=<rule> run without one leader rule (slimsched.crashpoints):
+``missed-ticks`` makes tick-lost, ``job-name-per-term`` run-dispatched-twice (Jobs are also
+counted by their run-id label, whatever their names), ``declared-owns-all`` acked-write-lost.
+
+Proving the run exercised what it exists for: the ``crash-point`` and ``stop-point`` faults (not
+among the default kinds: each restarts the followers armed with SLIMSCHED_TEST_CRASH_AT or
+SLIMSCHED_TEST_STOP_AT, then kills the leader) make the next leader die, or freeze, at a named
+step of the protocol. The harness reads the nodes' counters (reconciles, 409s taken as created)
+before each restart, the emulator's 409s and the ledgers' catch-up firings, prints them as
+"Paths exercised", and reports path-not-exercised when a point fault happened and its path was
+not taken.
 """
 
 from __future__ import annotations
@@ -130,7 +141,7 @@ class FaultKind(StrEnum):
     # (slimsched.crashpoints): a run left in Dispatching, a Job whose status was not committed.
     CRASH_POINT = "crash-point"
     # As crash-point, but the node elected stops (SIGSTOP) at the point and is continued once
-    # another leader took over: its Job create then meets the Job that leader created (a 409).
+    # another leader took over: a deposed leader that wakes up mid-dispatch, believing it leads.
     STOP_POINT = "stop-point"
     # The leader's HTTP port gets more incomplete requests than its connection cap (issue 16):
     # it must keep leading, its Raft port must keep accepting, the load must go on elsewhere.
@@ -187,7 +198,7 @@ FLOOD_CONNECTIONS = 1100
 # Where the crash-point and stop-point faults stop the leader (picked in turn, at random).
 POINT_FAULT_POINTS: tuple[str, ...] = ("fire-committed", "dispatch-committed", "job-created", "fire-applied")
 STOP_FAULT_POINTS: tuple[str, ...] = ("fire-committed", "dispatch-committed")
-POINT_WAIT_SECONDS = 15.0  # for the armed leader to reach its point
+POINT_WAIT_SECONDS = 30.0  # for the armed leader to reach its point (elections are slow under load)
 # What the nodes count of the paths a chaos run exists to exercise (summed over every process).
 EXERCISED_SAMPLES: Mapping[str, str] = {
     "reconciled at term start": 'slimsched_runs_reconciled_total{phase="term-start"}',
@@ -757,16 +768,15 @@ def unexercised(faults: Sequence[FaultRecord], exercised: Mapping[str, int]) -> 
     for f in faults:
         if f.point is not None and not f.point_reached:
             out.append(Violation("path-not-exercised", f"{f.kind.value}: no node reached {f.point}"))
-    points = [f for f in faults if f.point_reached]
+    points = [f for f in faults if f.point is not None and f.point_reached]
     reconciled = exercised.get("reconciled at term start", 0) + exercised.get("reconciled by a poll", 0)
     if any(f.point in RECONCILING_POINTS for f in points) and reconciled == 0:
         out.append(
             Violation("path-not-exercised", "a leader died before a create, yet nothing was reconciled")
         )
-    if any(f.kind is FaultKind.STOP_POINT for f in points) and exercised.get("create answered 409", 0) == 0:
-        out.append(
-            Violation("path-not-exercised", "a leader stopped before its create, yet no create met a 409")
-        )
+    # A stop-point is not required to produce a 409: a deposed leader cancels its work when it
+    # learns it lost the term, before its create goes out; a 409 needs a create already on the
+    # wire when the leader lost it, a window no point in the leader opens. 409s are counted.
     if points and exercised.get("catch-up firings", 0) == 0:
         out.append(Violation("path-not-exercised", "leaders died mid-protocol, yet no tick was fired late"))
     return out
