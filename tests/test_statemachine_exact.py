@@ -378,3 +378,40 @@ def test_a_run_kept_after_its_schedule_is_dropped_from_the_index() -> None:
     assert list(state.job_runs["j"]) == ["b"] and list(state.queued["j"]) == ["b"]
     statemachine._drop_run(state, "b")
     assert state.job_runs == {} and state.queued == {} and state.runs == {}
+
+
+# --- what mutation testing found unchecked, pinned -----------------------------------------------
+
+
+def test_fire_tick_refuses_each_non_integer_time_alone() -> None:
+    state = _with_schedule()
+    bad = Result("invalid", "tick and at must be integers")
+    for tick, at in [("60", 60_000), (60, "60000"), (60.0, 60_000), (60, None)]:
+        cmd = encode_command("fire_tick", schedule_id="s1", tick=tick, at=at, outcome="missed")
+        assert apply(state, cmd) == bad, (tick, at)
+    assert "s1" not in state.last_fired
+
+
+def test_a_status_move_that_does_not_end_the_run_sets_no_finish_time() -> None:
+    state = State()
+    assert apply(state, encode_command("enqueue_run", run=codec.run_to_dict(_run()))).ok
+    assert apply(state, encode_command("start_dispatch", run_id="r1", term=1, index=1)).ok
+    assert apply(state, encode_command("run_status", run_id="r1", status="Pending", at=5)).ok
+    assert (state.runs["r1"].started_at_ms, state.runs["r1"].finished_at_ms) == (5, None)
+
+
+def test_batch_results_ignores_an_entry_that_is_not_a_batch_whatever_its_value() -> None:
+    looks_like = Result("ok", value={"Results": [statemachine.OK]})
+    assert statemachine.batch_results(encode_command("barrier"), looks_like) is None
+
+
+def test_two_ticks_pending_at_the_very_second_of_the_second_go_the_walk_back_way() -> None:
+    plan = cronplan.plan("* * * * *", "UTC", last_handled=0, created_at=0, now=120)
+    assert (plan.due, plan.missed, plan.next_tick) == (120, (60,), 180)
+
+
+def test_from_seconds_last_moves_the_sixth_field_first_and_leaves_five_alone() -> None:
+    assert cronplan.from_seconds_last("1 2 3 4 5 */10") == "*/10 1 2 3 4 5"
+    assert cronplan.from_seconds_last("1 2 3 4 5") == "1 2 3 4 5"
+    assert cronplan.from_seconds_last("@hourly") == "@hourly"
+    assert cronplan.from_seconds_last("1 2 3 4 5 6 7") == "1 2 3 4 5 6 7"

@@ -1,0 +1,91 @@
+"""Exact refusals and notes of the override merge: code, field path and sentence.
+
+A user reads these sentences (the API's 400 and Warning headers, the configuration reader's
+errors); mutation testing found several unchecked (bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from slimsched import jsonfields, overrides
+from slimsched.jobtypes import JobConfig
+from slimsched.model import JobOverrides, Resources
+
+
+def _refusal(config: JobConfig, wanted: JobOverrides) -> tuple[str, str, str]:
+    with pytest.raises(jsonfields.Invalid) as err:
+        overrides.merge_or_invalid(config, wanted)
+    return err.value.code, err.value.path, err.value.detail
+
+
+def test_image_refusals_say_which_images_are_allowed() -> None:
+    assert _refusal(JobConfig(), JobOverrides()) == (
+        "image_required",
+        "Image",
+        "this job has no configured image, so the request must name one",
+    )
+    listed = JobConfig(image="a:1", images_whitelist=("b:*", "c:?"))
+    assert _refusal(listed, JobOverrides(image="evil:1")) == (
+        "image_not_allowed",
+        "Image",
+        "'evil:1' is not allowed for this job; allowed: 'a:1', 'b:*', 'c:?'",
+    )
+    only_list = JobConfig(images_whitelist=("b:*",))
+    assert _refusal(only_list, JobOverrides(image="evil:1")) == (
+        "image_not_allowed",
+        "Image",
+        "'evil:1' is not allowed for this job; allowed: 'b:*'",
+    )
+    assert _refusal(JobConfig(image="a:1"), JobOverrides(image="evil:1")) == (
+        "image_not_allowed",
+        "Image",
+        "'evil:1' is not allowed for this job, which has no ImagesWhitelist: only its configured image "
+        "'a:1' may run",
+    )
+    assert _refusal(JobConfig(), JobOverrides(image="evil:1")) == (
+        "image_not_allowed",
+        "Image",
+        "'evil:1' is not allowed: this job's configuration has neither an Image nor an ImagesWhitelist, "
+        "so it admits no image",
+    )
+    assert overrides.merge_or_invalid(only_list, JobOverrides(image="b:7")).image == "b:7"
+
+
+def test_a_resource_the_configuration_does_not_set_is_ignored_with_a_note() -> None:
+    config = JobConfig(image="a:1", resources=Resources(requests={"cpu": "100m"}, limits={"cpu": "200m"}))
+    with jsonfields.collecting() as notes:
+        spec = overrides.merge_or_invalid(
+            config, JobOverrides(resources=Resources(requests={"memory": "1Gi", "cpu": "1"}))
+        )
+    assert spec.resources.requests == {"cpu": "100m"}
+    assert [(n.code, n.path, n.detail) for n in notes] == [
+        (
+            "resource_ignored",
+            "Resources.Requests.memory",
+            "ignored: the job configuration sets no 'memory' in Requests, so a request cannot ask for one",
+        ),
+        ("resource_capped", "Resources.Requests.cpu", "1 capped to the 100m the job configuration allows"),
+    ]
+
+
+def test_schedule_request_errors_name_where_they_come_from() -> None:
+    with pytest.raises(jsonfields.Invalid) as err:
+        overrides.read_schedule_request({"Args": ["1"]}, "Schedules.fib[0]")
+    assert (err.value.code, err.value.path) == ("missing_field", "Schedules.fib[0].Schedule")
+    with pytest.raises(jsonfields.Invalid) as err:
+        overrides.read_schedule_request({"Schedule": "* * * * *", "Nope": 1, "Args": 5}, "Schedules.fib[0]")
+    assert err.value.path.startswith("Schedules.fib[0]"), err.value.path
+    with pytest.raises(jsonfields.Invalid) as err:
+        overrides.read_schedule_request([], "Schedules.fib[0]")
+    assert err.value.path == "Schedules.fib[0]" or err.value.message.startswith("Schedules.fib[0]")
+
+
+def test_an_unknown_field_of_a_schedule_entry_is_noted_where_it_stands() -> None:
+    with jsonfields.collecting() as notes:
+        overrides.read_schedule_request({"Schedule": "* * * * *", "Nope": 1}, "Schedules.fib[0]")
+        overrides.parse_schedule_request({"Schedule": "* * * * *", "Nope": 1}, where="Schedules.fib[1]")
+    assert [n.path for n in notes] == ["Schedules.fib[0].Nope", "Schedules.fib[1].Nope"], notes
+    with pytest.raises(jsonfields.Invalid) as err:
+        overrides.read_schedule_request("nope", "Schedules.fib[2]")
+    assert err.value.path == "Schedules.fib[2]", err.value.path
