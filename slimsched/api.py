@@ -405,6 +405,21 @@ def _schedule_of(state: State, name: str, schedule_id: str) -> Schedule:
     return s
 
 
+async def _stored_schedule(ctx: ApiContext, name: str, schedule_id: str) -> Schedule:
+    """The schedule as this node holds it; when it does not (yet), after a committed barrier.
+
+    An action needs the schedule's content to build its command, so it reads the local state,
+    which lags the leader by up to a commit. A schedule acknowledged by another node a moment
+    ago may not be applied here yet: a barrier committed through this node is applied after
+    everything committed before it, so a second miss is a real 404, never a stale one.
+    """
+    try:
+        return ctx.raft.read(lambda st: _schedule_of(st, name, schedule_id))
+    except NotFound:
+        await _submit(ctx, "barrier")
+        return ctx.raft.read(lambda st: _schedule_of(st, name, schedule_id))
+
+
 def _require_level(ctx: ApiContext, kind: str) -> None:
     if not ctx.raft.applied_by_all(kind):
         raise Unavailable(
@@ -418,7 +433,7 @@ async def trigger_schedule(request: web.Request) -> web.Response:
     schedule_id = _id(request)
     request_id = actions.parse_trigger(await _body(request, empty_ok=True)) or ctx.new_id()
     _require_level(ctx, "trigger_schedule")
-    s = ctx.raft.read(lambda st: _schedule_of(st, name, schedule_id))
+    s = await _stored_schedule(ctx, name, schedule_id)
     spec = jobconfig.merge(ctx.jobs.job(name), s.overrides)
     at = ctx.now_ms()
     run_id = actions.manual_run_id(s.id, request_id)
@@ -453,7 +468,7 @@ async def backfill_schedule(request: web.Request) -> web.Response:
     schedule_id = _id(request)
     req = actions.parse_backfill(await _body(request, empty_ok=False), int(ctx.clock()))
     _require_level(ctx, "backfill")
-    s = ctx.raft.read(lambda st: _schedule_of(st, name, schedule_id))
+    s = await _stored_schedule(ctx, name, schedule_id)
     ticks = actions.ticks_between(s.cron, s.time_zone, req.start, req.end)
     spec = jobconfig.merge(ctx.jobs.job(name), s.overrides)
     rid = f"backfill/{s.id}/{req.request_id or ctx.new_id()}"
