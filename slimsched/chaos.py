@@ -96,6 +96,7 @@ ACTION_ROUNDS_PER_JOB = 25  # 4 runs a round: 100 runs a job, below the 200 fini
 ACTION_CRON = "0 * * * *"
 BACKFILL_EPOCH = 1_577_836_800  # 2020-01-01T00:00:00Z: each round backfills the next hours after it
 BACKFILL_HOURS = 3
+DELETE_ATTEMPTS = 60  # of one schedule delete, 0.3 s apart, while its answer is unknown or 5xx
 ACTION_ATTEMPTS = 40  # retries of one action (same RequestId) while its answer is unknown
 ACTION_PERIOD = 3.0
 TRIGGERS_PER_JOB = 100  # below the state machine's 200 finished runs per job: nothing is pruned
@@ -1447,8 +1448,11 @@ class Harness:
     # -- load ------------------------------------------------------------------------------------
 
     async def delete_schedule(self, sid: str, job: str) -> None:
+        # Retried for as long as a fault can last (a slow-client flood answers 503 for seconds):
+        # a schedule left alive fires every second for the rest of the run, past what the state
+        # keeps of a job's finished runs and of a schedule's ledger.
         unknown_before = False
-        for _ in range(4):
+        for _ in range(DELETE_ATTEMPTS):
             a = await self.op("delete schedule", "DELETE", f"/job-schedules/{job}/{sid}")
             if a.acked:
                 self.log.deleted[sid] = DeletedSchedule(job, time.time(), "204")
