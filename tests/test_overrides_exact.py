@@ -89,3 +89,32 @@ def test_an_unknown_field_of_a_schedule_entry_is_noted_where_it_stands() -> None
     with pytest.raises(jsonfields.Invalid) as err:
         overrides.read_schedule_request("nope", "Schedules.fib[2]")
     assert err.value.path == "Schedules.fib[2]", err.value.path
+
+
+def test_capped_and_lowered_values_are_noted_exactly_and_the_bound_itself_is_not() -> None:
+    config = JobConfig(
+        image="a:1",
+        parallelism=2,
+        resources=Resources(requests={"cpu": "100m"}, limits={"cpu": "200m", "memory": "1Gi"}),
+    )
+    with jsonfields.collecting() as notes:
+        at_bound = overrides.merge_or_invalid(config, JobOverrides(parallelism=2))
+    assert (at_bound.parallelism, notes) == (2, [])
+    with jsonfields.collecting() as notes:
+        over = overrides.merge_or_invalid(
+            config,
+            JobOverrides(
+                parallelism=3,
+                resources=Resources(requests={"cpu": "100m"}, limits={"cpu": "50m"}),
+            ),
+        )
+    assert over.parallelism == 2
+    assert over.resources == Resources(requests={"cpu": "50m"}, limits={"cpu": "50m", "memory": "1Gi"})
+    assert [(n.code, n.path, n.detail) for n in notes] == [
+        (
+            "request_lowered",
+            "Resources.Requests.cpu",
+            "100m lowered to the limit 50m: a request cannot exceed its limit",
+        ),
+        ("capped", "Parallelism", "3 capped to the 2 the job configuration allows"),
+    ]

@@ -415,3 +415,65 @@ def test_from_seconds_last_moves_the_sixth_field_first_and_leaves_five_alone() -
     assert cronplan.from_seconds_last("1 2 3 4 5") == "1 2 3 4 5"
     assert cronplan.from_seconds_last("@hourly") == "@hourly"
     assert cronplan.from_seconds_last("1 2 3 4 5 6 7") == "1 2 3 4 5 6 7"
+
+
+def _fire(
+    state: State, tick: int, *, at: int, outcome: str = "fired", missed: tuple[int, ...] = (), **run: object
+) -> Result:
+    fields: dict[str, object] = {
+        "schedule_id": "s1",
+        "tick": tick,
+        "at": at,
+        "outcome": outcome,
+        "missed": list(missed),
+    }
+    if outcome == "fired":
+        r = Run(
+            id=f"s1-{tick}",
+            job_name="fib",
+            spec=JobSpec(image="i"),
+            status=RunStatus.QUEUED,
+            queued_at_ms=at,
+            kube_name=f"k-{tick}",
+            schedule_id="s1",
+            tick=tick,
+        )
+        fields["run"] = codec.run_to_dict(replace(r, **run))  # type: ignore[arg-type]
+    else:
+        fields["reason"] = "why"
+    return apply(state, encode_command("fire_tick", **fields))
+
+
+def test_fire_tick_answers_and_ledger_lines_exactly() -> None:
+    state = _with_schedule()
+    assert _fire(state, 0, at=0) == Result("ok", value={"RunId": "s1-0", "Outcome": "fired"}), "tick 0 is new"
+    assert _fire(state, -1, at=0) == Result("duplicate", "tick -1 of schedule s1 was already handled")
+    assert _fire(state, 0, at=0) == Result("duplicate", "tick 0 of schedule s1 was already handled")
+    missed = _fire(state, 60, at=60_000, outcome="missed", missed=(10, 20))
+    assert missed == Result("ok", value={"RunId": None, "Outcome": "missed"})
+    fired = _fire(state, 90, at=95_500, missed=(70, 80))
+    assert fired == Result("ok", value={"RunId": "s1-90", "Outcome": "fired"})
+    assert [
+        (t.tick, t.outcome.value, t.recorded_at_ms, t.run_id, t.lateness_ms, t.reason)
+        for t in state.ledger["s1"]
+    ] == [
+        (0, "fired", 0, "s1-0", 0, None),
+        (10, "missed", 60_000, None, None, "deadline"),
+        (20, "missed", 60_000, None, None, "deadline"),
+        (60, "missed", 60_000, None, 0, "why"),
+        (70, "missed", 95_500, None, None, "deadline"),
+        (80, "missed", 95_500, None, None, "deadline"),
+        (90, "fired", 95_500, "s1-90", 5_500, None),
+    ]
+    assert sorted(state.runs) == ["s1-0", "s1-90"] and state.last_fired == {"s1": 90}
+    before = statemachine.fingerprint(state)
+    assert _fire(state, 120, at=120_000, id="s1-90") == Result("conflict", "run s1-90 already exists")
+    assert _fire(state, 120, at=120_000, status=RunStatus.PENDING) == Result(
+        "invalid", "a fired run must be Queued or Dispatching"
+    )
+    claim = Result("invalid", "a run claimed in its FireTick needs its dispatch term and index")
+    assert _fire(state, 120, at=120_000, status=RunStatus.DISPATCHING, dispatch_term=3) == claim
+    assert _fire(state, 120, at=120_000, status=RunStatus.DISPATCHING, dispatch_index=3) == claim
+    assert statemachine.fingerprint(state) == before, "a refused FireTick changes nothing"
+    gone = apply(state, encode_command("fire_tick", schedule_id="s9", tick=1, at=1, outcome="missed"))
+    assert gone == Result("not_found", "no schedule s9")
