@@ -477,3 +477,12 @@ def test_fire_tick_answers_and_ledger_lines_exactly() -> None:
     assert statemachine.fingerprint(state) == before, "a refused FireTick changes nothing"
     gone = apply(state, encode_command("fire_tick", schedule_id="s9", tick=1, at=1, outcome="missed"))
     assert gone == Result("not_found", "no schedule s9")
+
+
+def test_copies_of_an_empty_state_and_of_a_staged_restore_are_independent() -> None:
+    assert State().copy() == State()
+    staged = Restoring(id="r", parts=2, next_part=1, last_fired={"a": 1})
+    copy = staged.copy()
+    copy.last_fired["b"] = 2
+    copy.schedules["a"] = _schedule("a")
+    assert staged.last_fired == {"a": 1} and staged.schedules == {}
