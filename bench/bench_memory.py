@@ -33,14 +33,17 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 
+import orjson
+
 from bench._common import BENCH_JOB, cluster, emulator_process, node_pid, rss_bytes, say, table
 from bench.bench_firing import create_schedules
 from slimsched import codec, jobconfig, statemachine
-from slimsched.localcluster import NODE_PYTHON_FLAGS
+from slimsched.localcluster import NODE_PYTHON_FLAGS, request_json
 from slimsched.settings import RaftTimings
 
 MIB = 1024 * 1024
@@ -94,12 +97,36 @@ def runtime_venv() -> Iterator[str]:
         yield python
 
 
-def idle_cluster_rss(python: str | None, settle: float) -> list[float]:
-    """RSS in MiB of each node of an idle 3-node cluster with a Kubernetes client (the emulator)."""
+JOBS_CREATED = 128  # then idle again: the leader's create path (an aiohttp session, its connections) is open
+AFTER_JOBS = f"  same, idle again after the leader created {JOBS_CREATED} Jobs"
+AFTER_JOBS = f"  same, idle again after the leader created {JOBS_CREATED} Jobs"
+
+
+def idle_cluster_rss(python: str | None, settle: float) -> tuple[list[float], list[float]]:
+    """RSS in MiB of each node of an idle 3-node cluster with a Kubernetes client (the emulator):
+    idle from the start, then idle again after the leader created ``JOBS_CREATED`` Jobs."""
     with emulator_process() as (url, _pid), cluster(kube_url=url, python=python) as c:
-        c.wait_leader()
+        leader = c.wait_leader()
         time.sleep(settle)
-        return [rss_bytes(node_pid(c, i)) / MIB for i in range(len(c.nodes))]
+        idle = [rss_bytes(node_pid(c, i)) / MIB for i in range(len(c.nodes))]
+        for _ in range(JOBS_CREATED):
+            status, answer = request_json(f"{c.nodes[leader].url}/job/{BENCH_JOB}", "POST", {"Args": ["1"]})
+            if status != 202:
+                raise RuntimeError(f"POST /job answered {status}: {answer}")
+        deadline = time.monotonic() + 60
+        while len(creations(url)) < JOBS_CREATED:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the leader did not create {JOBS_CREATED} Jobs within 60 s")
+            time.sleep(0.2)
+        time.sleep(settle)
+        after = [rss_bytes(node_pid(c, i)) / MIB for i in range(len(c.nodes))]
+        return idle, after
+
+
+def creations(emulator_url: str) -> list[object]:
+    with urllib.request.urlopen(emulator_url + "/_emulator/creations", timeout=30) as r:
+        items: list[object] = orjson.loads(r.read())["items"]
+        return items
 
 
 def exprs(n: int, seed: int = 3) -> list[str]:
@@ -145,15 +172,17 @@ def main(argv: list[str] | None = None) -> None:
 
     imports = import_rss()
     idle_rows: list[list[object]] = []
-    mib = idle_cluster_rss(None, args.settle)
+    mib, after_jobs = idle_cluster_rss(None, args.settle)
     idle_rows.append(["this environment (test extras)", *(f"{m:.1f}" for m in mib)])
-    say(f"idle with a Kubernetes client, this environment: {idle_rows[-1][1:]}")
+    idle_rows.append([AFTER_JOBS, *(f"{m:.1f}" for m in after_jobs)])
+    say(f"idle with a Kubernetes client, this environment: {idle_rows[-2][1:]}, then {idle_rows[-1][1:]}")
     runtime_imports: list[list[object]] = []
     if not args.no_runtime_venv:
         with runtime_venv() as python:
             runtime_imports = import_rss(python)
-            mib = idle_cluster_rss(python, args.settle)
+            mib, after_jobs = idle_cluster_rss(python, args.settle)
         idle_rows.append(["runtime dependencies only (as the image)", *(f"{m:.1f}" for m in mib)])
+        idle_rows.append([AFTER_JOBS, *(f"{m:.1f}" for m in after_jobs)])
         say(f"idle with a Kubernetes client, runtime only: {idle_rows[-1][1:]}")
     rows: list[list[object]] = []
     with cluster() as c:
