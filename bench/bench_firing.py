@@ -24,16 +24,27 @@ between ticks" (runs last 0.7 s in the emulator). The window is two whole minute
   most 50 ms above the plain loop's p99.
 
 Run: ``.venv/bin/python -m bench.bench_firing [--sizes 1000,10000,100000] [--mix mix|burst]``
+
+``--kubeconfig FILE`` dispatches to that cluster's real API server instead (a namespace of its
+own, deleted at the end; realk8s's kubeconfig authenticates with a bearer token): there is no
+creation log, so the bench watches the namespace's Jobs and times each ADDED event as it arrives
+(the watch's own delay is the same for slimsched's Jobs and the plain loop's). The Jobs start
+pods (the fake kubelet runs them for 1 s) for both.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
+import os
 import random
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import aiohttp
 import orjson
@@ -132,42 +143,146 @@ def creations(emulator_url: str) -> list[dict[str, object]]:
         return items
 
 
+class JobWatch:
+    """Every Job ADDED to a namespace of a real API server, timed as its event arrives."""
+
+    def __init__(self, server: bench_kube_burst.Server, namespace: str) -> None:
+        self.server = server
+        self.namespace = namespace
+        self.added: dict[str, float] = {}
+        self._conn = server.connection()
+        self._thread = threading.Thread(target=self._run, name="bench-job-watch", daemon=True)
+        self._ready = threading.Event()
+
+    def _run(self) -> None:
+        path = f"/apis/batch/v1/namespaces/{self.namespace}/jobs?watch=1&timeoutSeconds=1800"
+        headers = {"Authorization": f"Bearer {self.server.token}", "Accept": "application/json"}
+        self._conn.request("GET", path, headers=headers)
+        response = self._conn.getresponse()
+        self._ready.set()
+        with contextlib.suppress(OSError, ValueError):
+            for line in response:
+                event = orjson.loads(line)
+                if event.get("type") == "ADDED":
+                    self.added.setdefault(str(event["object"]["metadata"]["name"]), time.time())
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise TimeoutError("the Job watch did not start within 30 s")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._conn.sock is not None:
+                self._conn.sock.shutdown(2)
+        self._conn.close()
+        self._thread.join(5)
+
+    def creations(self) -> list[dict[str, object]]:
+        return [{"name": n, "atUnix": t, "outcome": "created"} for n, t in list(self.added.items())]
+
+
+@contextlib.contextmanager
+def real_namespace(kubeconfig: str) -> Iterator[tuple[bench_kube_burst.Server, str, JobWatch]]:
+    server = bench_kube_burst.Server.from_kubeconfig(kubeconfig)
+    namespace = f"bench-firing-{os.getpid()}"
+    conn = server.connection()
+    body = orjson.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    if server.call(conn, "POST", "/api/v1/namespaces", body) != 201:
+        raise SystemExit(f"cannot create namespace {namespace}")
+    # The token controller's default ServiceAccount must exist before the Jobs' pods can.
+    deadline = time.monotonic() + 60
+    while server.call(conn, "GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/default", None) != 200:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no default ServiceAccount in {namespace} within 60 s")
+        time.sleep(0.2)
+    watch = JobWatch(server, namespace)
+    watch.start()
+    try:
+        yield server, namespace, watch
+    finally:
+        watch.close()
+        server.call(conn, "DELETE", f"/api/v1/namespaces/{namespace}", None)
+        conn.close()
+
+
 def sleep_until(t: float) -> None:
     delay = t - time.time()
     if delay > 0:
         time.sleep(delay)
 
 
-def plain_loop_lateness(emu_url: str, burst: int) -> list[float]:
+def plain_loop_lateness(
+    server: bench_kube_burst.Server,
+    namespace: str,
+    burst: int,
+    creations_now: Callable[[], list[dict[str, object]]],
+) -> list[float]:
     """``burst`` Jobs by a plain create loop started at whole seconds in a quiet part of a minute.
 
     Each round starts exactly at a whole second (as a tick would be due) and its lateness is
-    read like slimsched's: the emulator's creation time minus that second.
+    read like slimsched's: the Job's creation time (the emulator's log, or the watch) minus that second.
     """
-    server = bench_kube_burst.Server.plain_http(emu_url)
     lateness: list[float] = []
     base_tick = 1_900_000_000
     start = math.floor(time.time() / 60) * 60 + QUIET_FROM + 1
     if start < time.time() + 1:
         start += 60
     for r in range(PLAIN_ROUNDS):
-        batch = bench_kube_burst.manifests(burst, base_tick + 60 * r)
+        batch = bench_kube_burst.manifests(burst, base_tick + 60 * r, namespace)
         names = {str(m["metadata"]["name"]) for m in batch}
         at = start + 2 * r
         sleep_until(at)
-        bench_kube_burst.plain_burst(server, "default", batch, PLAIN_THREADS)
+        bench_kube_burst.plain_burst(server, namespace, batch, PLAIN_THREADS)
+        time.sleep(0.5)  # the watch's last events
         lateness += [
             float(x["atUnix"]) - at  # type: ignore[arg-type]
-            for x in creations(emu_url)
+            for x in creations_now()
             if x["outcome"] == "created" and x["name"] in names
         ]
     return lateness
 
 
-def run_size(n: int, mix: str, seed: int) -> list[object]:
+# (node environment, server, namespace, its creations so far, the emulator's PID or None)
+ApiServer = tuple[
+    dict[str, str], bench_kube_burst.Server, str, Callable[[], list[dict[str, object]]], int | None
+]
+
+
+@contextlib.contextmanager
+def api_server(
+    kubeconfig: str | None,
+) -> Iterator[
+    tuple[dict[str, str], bench_kube_burst.Server, str, Callable[[], list[dict[str, object]]], int | None]
+]:
+    """The emulator (kubeconfig None) or a namespace of a real API server, as the nodes reach it:
+    (node environment, server, namespace, its creations so far, the emulator's PID or None)."""
+    if kubeconfig is None:
+        with emulator_process() as (emu_url, emu_pid):
+            env = {"SLIMSCHED_KUBE_MODE": "url", "SLIMSCHED_KUBE_URL": emu_url}
+            yield (
+                env,
+                bench_kube_burst.Server.plain_http(emu_url),
+                "default",
+                lambda: creations(emu_url),
+                emu_pid,
+            )
+        return
+    with real_namespace(kubeconfig) as (server, namespace, watch):
+        env = {
+            "SLIMSCHED_KUBE_MODE": "kubeconfig",
+            "KUBECONFIG": kubeconfig,
+            "SLIMSCHED_NAMESPACE": namespace,
+        }
+        yield env, server, namespace, watch.creations, None
+
+
+def run_size(
+    n: int, mix: str, seed: int, kubeconfig: str | None = None, profile: str | None = None
+) -> list[object]:
     rng = random.Random(seed)
     exprs = [mix_expr(i, rng, mix) for i in range(n)]
-    with emulator_process() as (emu_url, emu_pid), cluster(kube_url=emu_url) as c:
+    with api_server(kubeconfig) as (env, server, namespace, creations_now, emu_pid), cluster(env=env) as c:
         term0 = (c.status(c.wait_leader()) or {}).get("Term")
         say(f"[{n}] creating {n} schedules ({mix}) ...")
         created, seconds, errors = asyncio.run(create_schedules([x.url for x in c.nodes], exprs))
@@ -185,10 +300,16 @@ def run_size(n: int, mix: str, seed: int) -> list[object]:
         w1 = w0 + 60 * WINDOW_MINUTES
         expected = expected_ticks(created, w0, w1)
         say(f"[{n}] window {w0}..{w1}: {len(expected)} ticks expected; waiting for it ...")
+        sleep_until(w0 - 1.5)
+        spy = None
+        if profile is not None:  # py-spy over the leader for the window's first second-0 burst
+            spy_bin = os.path.join(os.path.dirname(sys.executable), "py-spy")  # pip install py-spy
+            command = [spy_bin, "record", "-p", str(leader_pid), "-d", "3", "-r", "250", "-f", "raw"]
+            spy = subprocess.Popen([*command, "--nonblocking", "-o", f"{profile}.{n}.txt"])
         sleep_until(w0 - 0.5)
         m_before = histogram(metrics_text(c.nodes[leader].url), "slimsched_fire_lateness_seconds")
         d_before = histogram(metrics_text(c.nodes[leader].url), "slimsched_dispatch_lateness_seconds")
-        cpu0, emu0 = cpu_seconds(leader_pid), cpu_seconds(emu_pid)
+        cpu0, emu0 = cpu_seconds(leader_pid), cpu_seconds(emu_pid) if emu_pid else 0.0
         idle_cpu, idle_wall = 0.0, 0.0
         for minute in range(WINDOW_MINUTES):
             sleep_until(w0 + 60 * minute + QUIET_FROM)
@@ -197,7 +318,7 @@ def run_size(n: int, mix: str, seed: int) -> list[object]:
             idle_cpu += cpu_seconds(leader_pid) - a
             idle_wall += time.monotonic() - ta
         window_cpu = (cpu_seconds(leader_pid) - cpu0) / (time.time() - w0 + 0.5)
-        emu_cpu = (cpu_seconds(emu_pid) - emu0) / (time.time() - w0 + 0.5)
+        emu_cpu = ((cpu_seconds(emu_pid) - emu0) if emu_pid else math.nan) / (time.time() - w0 + 0.5)
         m_after = histogram(metrics_text(c.nodes[leader].url), "slimsched_fire_lateness_seconds")
         d_after = histogram(metrics_text(c.nodes[leader].url), "slimsched_dispatch_lateness_seconds")
         # Jobs of the window: wait for the stragglers, within a grace period.
@@ -205,16 +326,18 @@ def run_size(n: int, mix: str, seed: int) -> list[object]:
         while True:
             made = {
                 str(x["name"]): float(x["atUnix"])  # type: ignore[arg-type]
-                for x in creations(emu_url)
+                for x in creations_now()
                 if x["outcome"] == "created" and x["name"] in expected
             }
             if len(made) == len(expected) or time.monotonic() > deadline:
                 break
             time.sleep(2)
         term2 = (c.status(leader) or {}).get("Term")
+        if spy is not None:
+            spy.wait(30)
         burst = sum(1 for name in made if int(expected[name][0]) % 60 == 0) // WINDOW_MINUTES
         say(f"[{n}] the plain create loop: {burst} Jobs from a whole second, {PLAIN_ROUNDS} rounds ...")
-        plain = plain_loop_lateness(emu_url, burst) if burst else []
+        plain = plain_loop_lateness(server, namespace, burst, creations_now) if burst else []
     lat = [at - expected[name][0] for name, at in made.items()]
     # Second 0 of a minute carries the synchronized burst (every "* * * * *" at once): the
     # spread load is read apart from it.
@@ -257,8 +380,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--mix", choices=("mix", "burst"), default="mix")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--kubeconfig", help="dispatch to this cluster's API server, not the emulator")
+    parser.add_argument("--profile", help="py-spy the leader over the first second 0 into PROFILE.<size>.txt")
     args = parser.parse_args(argv)
-    rows = [run_size(int(n), args.mix, args.seed) for n in args.sizes.split(",")]
+    sizes = [int(n) for n in args.sizes.split(",")]
+    rows = [run_size(n, args.mix, args.seed, args.kubeconfig, args.profile) for n in sizes]
     print(
         f"\nWindow: {WINDOW_MINUTES} whole minutes per size; idle CPU read in seconds "
         f"{QUIET_FROM:g}-{QUIET_TO:g} of each minute (no tick due); emulator runs last 0.7 s.\n"
