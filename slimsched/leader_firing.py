@@ -236,8 +236,7 @@ class FiringRole(DispatchRole):
 
     async def _create_claimed(self, run: Run) -> None:
         try:
-            async with self._dispatch_sem:
-                crashpoints.reach(crashpoints.Point.FIRE_COMMITTED)
-                await self._create(run)
+            crashpoints.reach(crashpoints.Point.FIRE_COMMITTED)
+            await self._create(run)  # which holds the dispatch semaphore around the create only
         finally:
             self._inflight.discard(run.id)
