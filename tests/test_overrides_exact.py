@@ -10,7 +10,7 @@ import pytest
 
 from slimsched import jsonfields, overrides
 from slimsched.jobtypes import JobConfig
-from slimsched.model import JobOverrides, Resources
+from slimsched.model import JobOverrides, Resources, Volume, VolumeKind, VolumeMount
 
 
 def _refusal(config: JobConfig, wanted: JobOverrides) -> tuple[str, str, str]:
@@ -118,3 +118,24 @@ def test_capped_and_lowered_values_are_noted_exactly_and_the_bound_itself_is_not
         ),
         ("capped", "Parallelism", "3 capped to the 2 the job configuration allows"),
     ]
+
+
+def test_volume_refusals_name_the_declared_volumes_and_the_read_only_rule() -> None:
+    data = Volume(name="data", kind=VolumeKind.EMPTY_DIR)
+    config = JobConfig(
+        image="a:1",
+        volumes=(data, Volume(name="cache", kind=VolumeKind.EMPTY_DIR)),
+        volume_mounts=(VolumeMount(name="data", mount_path="/data", read_only=True),),
+    )
+    assert _refusal(config, JobOverrides(volume_mounts=(VolumeMount(name="logs", mount_path="/l"),))) == (
+        "volume_not_allowed",
+        "VolumeMounts[0].Name",
+        "'logs' is not a volume of this job; its configuration declares 'data', 'cache'",
+    )
+    writable = JobOverrides(volume_mounts=(VolumeMount(name="data", mount_path="/data", read_only=False),))
+    assert _refusal(config, writable) == (
+        "volume_not_allowed",
+        "VolumeMounts[0].ReadOnly",
+        "the job configuration mounts 'data' at '/data' read-only; a request may make a mount read-only, "
+        "never writable, so set ReadOnly to true",
+    )
