@@ -267,6 +267,15 @@ def test_choose_backup_takes_the_newest_file_that_verifies(
         assert "payload checksum mismatch" in choice.refused[0].problem
 
 
+def test_choose_backup_takes_the_file_holding_the_payload_a_cold_start_chose() -> None:
+    older_sha = bk.verify_backup(OLDER).info.payload_sha256
+    assert bk.choose_backup([(MAIN, GOOD), (PREV, OLDER)], older_sha).name == PREV
+    good_sha = bk.verify_backup(GOOD).info.payload_sha256
+    assert bk.choose_backup([(MAIN, GOOD), (PREV, OLDER)], good_sha).name == MAIN
+    # No file holds it (changed since the report): the newest that verifies.
+    assert bk.choose_backup([(MAIN, CORRUPT), (PREV, OLDER)], "0" * 64).name == PREV
+
+
 def _info(sha: str, count: int, index: int = 100) -> bk.BackupInfo:
     return bk.BackupInfo(sha, count, index, "n", "2023-11-14T22:13:20.000Z")
 

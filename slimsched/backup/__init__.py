@@ -76,6 +76,7 @@ from slimsched.backup.fileformat import (
     sha256_hex,
     verify_backup,
 )
+from slimsched.backup.metrics import BackupMetrics
 from slimsched.backup.policy import (
     RESTORE_COMMIT_SECONDS,
     RESTORE_PART_BYTES,
@@ -88,7 +89,7 @@ from slimsched.backup.policy import (
     restore_command,
     restore_parts,
 )
-from slimsched.backup.task import BackupMetrics, Backups
+from slimsched.backup.task import Backups
 
 __all__ = [
     "ADMIN_OVERWRITE_PATH",

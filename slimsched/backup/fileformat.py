@@ -369,17 +369,29 @@ class Choice:
     refused: tuple[Refused, ...]
 
 
-def choose_backup(candidates: Sequence[tuple[str, bytes | None]]) -> Choice:
+def choose_backup(
+    candidates: Sequence[tuple[str, bytes | None]], payload_sha256: str | None = None
+) -> Choice:
     """The first candidate that verifies; candidates come newest first (the file, then ``.prev``).
+    With ``payload_sha256``, the candidate holding that payload if one does (the backup a
+    cold start chose from this node's report), else the first that verifies.
 
     ``None`` bytes stand for a missing file, which is not a problem; a refused file is.
     """
     refused: list[Refused] = []
+    verified: list[tuple[str, Backup]] = []
     for name, raw in candidates:
         if raw is None:
             continue
         try:
-            return Choice(verify_backup(raw), name, tuple(refused))
+            backup = verify_backup(raw)
         except BackupError as e:
             refused.append(Refused(name, str(e)))
+            continue
+        if payload_sha256 is None or backup.info.payload_sha256 == payload_sha256:
+            return Choice(backup, name, tuple(refused))
+        verified.append((name, backup))
+    if verified:
+        name, backup = verified[0]
+        return Choice(backup, name, tuple(refused))
     return Choice(None, None, tuple(refused))

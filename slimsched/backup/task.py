@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from slimsched import ids
 from slimsched.backup.disk import (
@@ -35,6 +35,7 @@ from slimsched.backup.fileformat import (
     choose_backup,
     encode_backup,
 )
+from slimsched.backup.metrics import BackupMetrics
 from slimsched.backup.policy import (
     RESTORE_COMMIT_SECONDS,
     RESTORE_PART_BYTES,
@@ -74,59 +75,6 @@ def _holds_anything(state: State) -> bool:
 
 
 # -- the node's backup task and restore hook -----------------------------------------------------
-
-
-class BackupMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.passes = Counter(
-            "slimsched_backup_passes",
-            "Backup passes by outcome (written, unchanged, kept_non_empty, older, no_space, failed)",
-            ["outcome"],
-            registry=registry,
-        )
-        self.last_write = Gauge(
-            "slimsched_backup_last_write_timestamp_seconds",
-            "When this node last wrote its backup",
-            registry=registry,
-        )
-        self.schedules = Gauge(
-            "slimsched_backup_schedules", "Schedules in this node's backup file on disk", registry=registry
-        )
-        self.corrupt = Counter(
-            "slimsched_backup_corrupt_files",
-            "Backup files refused because they did not verify, by file",
-            ["file"],
-            registry=registry,
-        )
-        self.damaged = Counter(
-            "slimsched_backup_damaged_files",
-            "Backup files found changed (set aside as .damaged-<time>) or gone since this node wrote "
-            "them, by reason (damaged, gone)",
-            ["reason"],
-            registry=registry,
-        )
-        self.index = Gauge(
-            "slimsched_backup_raft_index",
-            "Index of this node's newest valid backup (counted on across cold starts; 0: none)",
-            registry=registry,
-        )
-        self.cluster_index = Gauge(
-            "slimsched_backup_cluster_raft_index",
-            "Highest index of a non-empty backup any node reported (backup_report), this node's included",
-            registry=registry,
-        )
-        self.behind = Gauge(
-            "slimsched_backup_behind_cluster",
-            "1 when another node reported a newer backup than this node's, which this node's state or "
-            "its last pass does not catch up with",
-            registry=registry,
-        )
-        self.restores = Counter(
-            "slimsched_backup_restores",
-            "Cold-start restore decisions of this node (as leader, or as the holder of the chosen backup)",
-            ["outcome"],
-            registry=registry,
-        )
 
 
 @dataclass
@@ -558,17 +506,7 @@ class Backups:
         def load() -> Choice:
             with self._io_lock:
                 candidates = read_candidates(self.backup_dir)
-            choice = choose_backup(candidates)
-            wanted = payload_sha256 is None or choice.backup is None
-            if (
-                not wanted
-                and choice.backup is not None
-                and choice.backup.info.payload_sha256 != payload_sha256
-            ):
-                other = choose_backup([c for c in candidates if c[0] != choice.name])
-                if other.backup is not None and other.backup.info.payload_sha256 == payload_sha256:
-                    return Choice(other.backup, other.name, choice.refused + other.refused)
-            return choice
+            return choose_backup(candidates, payload_sha256)
 
         choice = await loop.run_in_executor(None, load)
         self._report(choice.refused)
