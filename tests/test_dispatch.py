@@ -75,7 +75,8 @@ def test_every_second_schedule_fires_once_per_tick_across_five_leader_kills(kc: 
     for batch in batches.values():
         batch.sort()
         assert batch[-1][1] == "fired" and {o for _, o in batch[:-1]} <= {"missed"}, batch
-    assert sum(1 for b in batches.values() if len(b) > 1) >= 1, "a takeover had ticks to catch up"
+    # Whether a takeover had ticks to catch up depends on how fast each election was (under a
+    # second, none was missed): test_exactly_once's outage test proves catch-up deterministically.
 
 
 def ledger(kc: KubeCluster, sid: str) -> dict[int, str]:
