@@ -15,20 +15,13 @@ breaks the cluster on a timetable:
   ``partition-link``: cut the one link between the leader and a follower (a partial partition).
 
 It then compares what clients were told with what every node and the emulator hold (see
-``check``), prints a table (faults by kind, operations, failover times, violations) and exits
-non-zero on any violation.
+``slimsched.chaoscheck.check``), prints a table (faults by kind, operations, failover times,
+violations) and exits non-zero on any violation.
 
-Partitions need no root and no iptables: a small asyncio TCP proxy (``PartitionProxy``) runs in
-the harness process. Every node is known to its peers by a "front" address on which the proxy
-listens, and really binds its Raft port to a "back" address (``SLIMSCHED_RAFT_BIND``). pysyncobj
-names a node by its address string, and only the node with the larger address opens the TCP
-connection of a pair; the first frame it sends, when no password is set, is
-``struct.pack('i', len) + zlib.compress(pickle.dumps(own_address))``. The proxy decompresses
-that one frame (bounded) and looks for a peer's address as a length-prefixed pickled string; it
-never unpickles. Knowing the pair, it can cut a link (close its connections, refuse new ones)
-and heal it. **The partition faults therefore require the cluster to run without
-SLIMSCHED_RAFT_PASSWORD**: with a password the first frame is encrypted, the proxy cannot tell
-who connects and refuses the connection. The harness clears the password for its nodes.
+Partitions need no root and no iptables: a small asyncio TCP proxy (``slimsched.partitionproxy``)
+runs in the harness process and cuts Raft links between nodes that reach each other through it.
+**The partition faults therefore require the cluster to run without SLIMSCHED_RAFT_PASSWORD**
+(see that module); the harness clears the password for its nodes.
 
 One fault at a time: before each fault the harness waits until every node runs, all agree on
 one leader and each has applied what that leader had committed. A majority of intact nodes
@@ -56,23 +49,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import random
 import resource
 import shutil
 import signal
-import statistics
-import struct
 import sys
 import tempfile
 import time
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import aiohttp
@@ -80,13 +68,41 @@ import orjson
 
 from slimsched import chaosbackup, codec
 from slimsched.backup import Backup
-from slimsched.cronplan import MAX_MISSED_RECORDED
+from slimsched.chaoscheck import (
+    EVERY_SECOND,
+    AckedTrigger,
+    Answer,
+    ClientLog,
+    CreatedSchedule,
+    DeletedSchedule,
+    NodeSnapshot,
+    Violation,
+    check,
+    unexercised,
+)
+from slimsched.chaosplan import (
+    ALL_KINDS,
+    BACKUP_INTERVAL_SECONDS,
+    BACKUP_KINDS,
+    EXERCISED_SAMPLES,
+    FLOOD_CONNECTIONS,
+    HOLD_SECONDS,
+    LATE_START_SECONDS,
+    POINT_FAULT_POINTS,
+    POINT_WAIT_SECONDS,
+    RESTORE_WAIT_SECONDS,
+    STOP_FAULT_POINTS,
+    FaultKind,
+    FaultRecord,
+    PlannedFault,
+    plan_timetable,
+)
+from slimsched.chaosreport import ChaosReport, first_tick_after
 from slimsched.emulator import EmulatorThread
-from slimsched.jobmanifest import LABEL_RUN_ID, kube_job_name
+from slimsched.jobmanifest import LABEL_RUN_ID
 from slimsched.localcluster import LocalCluster, free_ports
-from slimsched.statemachine import LEDGER_PER_SCHEDULE
+from slimsched.partitionproxy import PartitionProxy
 
-EVERY_SECOND = "* * * * * *"
 NEVER_IN_A_RUN = "0 0 1 1 *"  # churned schedules: created and deleted, never due during a run
 TICK_PREFIX = "tick-"
 TRIGGER_PREFIX = "trig-"
@@ -112,804 +128,15 @@ JOBS_CONFIGURATION = orjson.dumps(
     }
 ).decode()
 
-# Bounds of the proxy and of every wait.
-PROXY_MAX_CONNECTIONS = 64
-PROXY_FIRST_FRAME_MAX = 4096
-PROXY_PLAIN_MAX = 4096
-PROXY_CHUNK = 64 * 1024
-PROXY_FIRST_FRAME_TIMEOUT = 5.0
-PROXY_CONNECT_TIMEOUT = 2.0
+# Bounds of every wait.
 CLIENT_TIMEOUT = 6.0  # more than the nodes' 5 s commit deadline
 STATUS_TIMEOUT = 1.0
 POLL_SECONDS = 0.05
 LEADER_WAIT_SECONDS = 30.0
-MAX_EXAMPLES = 5
-
-
-# --- faults and the timetable ----------------------------------------------------------------
-
-
-class FaultKind(StrEnum):
-    KILL_LEADER = "kill-leader"
-    KILL_FOLLOWER = "kill-follower"
-    PAUSE_LEADER = "pause-leader"
-    RESTART_KEEP = "restart-keep"
-    RESTART_WIPE = "restart-wipe"
-    PARTITION_LEADER = "partition-leader"
-    PARTITION_FOLLOWER = "partition-follower"
-    PARTITION_LINK = "partition-link"
-    # The leader is killed and the node elected after it dies at a named point of the protocol
-    # (slimsched.crashpoints): a run left in Dispatching, a Job whose status was not committed.
-    CRASH_POINT = "crash-point"
-    # As crash-point, but the node elected stops (SIGSTOP) at the point and is continued once
-    # another leader took over: a deposed leader that wakes up mid-dispatch, believing it leads.
-    STOP_POINT = "stop-point"
-    # The leader's HTTP port gets more incomplete requests than its connection cap (issue 16):
-    # it must keep leading, its Raft port must keep accepting, the load must go on elsewhere.
-    SLOW_CLIENT_FLOOD = "slow-client-flood"
-    # Every node SIGKILLed at once, then started again in order (data kept); or all but one, the
-    # last started a few seconds later. (slimsched.chaosbackup covers the backup kinds below.)
-    RESTART_ALL = "restart-all"
-    RESTART_ALL_LATE = "restart-all-late"
-    # One bit flipped in a node's backup file while it runs: set aside, never rotated to .prev.
-    DAMAGE_BACKUP = "damage-backup"
-    # Load paused, every node stopped, the leader's backup volume and every node's Raft data
-    # wiped, every node started: the cluster must restore the best backup left on another node.
-    COLD_START_WIPED_LEADER_BACKUP = "cold-start-wiped-leader-backup"
-
-
-# The point faults restart every node once or twice each (10-40 s under load): asked for by name.
-POINT_KINDS = frozenset({FaultKind.CRASH_POINT, FaultKind.STOP_POINT})
-# The backup kinds need backup volumes (and a cold start wipes the runs): asked for by name too.
-BACKUP_KINDS = frozenset(
-    {
-        FaultKind.RESTART_ALL,
-        FaultKind.RESTART_ALL_LATE,
-        FaultKind.DAMAGE_BACKUP,
-        FaultKind.COLD_START_WIPED_LEADER_BACKUP,
-    }
-)
-ALL_KINDS: tuple[FaultKind, ...] = tuple(k for k in FaultKind if k not in POINT_KINDS | BACKUP_KINDS)
-BACKUP_INTERVAL_SECONDS = 1.0  # the nodes' backup interval when a backup kind is asked for
-LATE_START_SECONDS = 3.0  # restart-all-late: how much later the last node starts
-RESTORE_WAIT_SECONDS = 60.0  # a cold start: for the restore to land (the leader waits 15 s for reports)
-
-# How long a fault lasts before it is reverted. A pause or a partition outlasts the election
-# timeout (0.4-1.0 s) and the leader fallback timeout (2.5 s), so that a new leader is elected
-# while the old one still believes it leads.
-HOLD_SECONDS: Mapping[FaultKind, float] = {
-    FaultKind.KILL_LEADER: 1.5,
-    FaultKind.KILL_FOLLOWER: 1.5,
-    FaultKind.PAUSE_LEADER: 3.0,
-    FaultKind.RESTART_KEEP: 0.0,
-    FaultKind.RESTART_WIPE: 0.5,
-    FaultKind.PARTITION_LEADER: 3.0,
-    FaultKind.PARTITION_FOLLOWER: 3.0,
-    FaultKind.PARTITION_LINK: 3.0,
-    FaultKind.CRASH_POINT: 1.5,
-    FaultKind.STOP_POINT: 3.0,
-    FaultKind.SLOW_CLIENT_FLOOD: 3.0,
-    FaultKind.RESTART_ALL: 1.0,
-    FaultKind.RESTART_ALL_LATE: 1.0,
-    FaultKind.DAMAGE_BACKUP: 0.0,
-    FaultKind.COLD_START_WIPED_LEADER_BACKUP: 1.0,
-}
-# Above a node's default cap of open HTTP connections (1000), so that the refusal path runs too.
-FLOOD_CONNECTIONS = 1100
-# Where the crash-point and stop-point faults stop the leader (picked in turn, at random).
-POINT_FAULT_POINTS: tuple[str, ...] = ("fire-committed", "dispatch-committed", "job-created", "fire-applied")
-STOP_FAULT_POINTS: tuple[str, ...] = ("fire-committed", "dispatch-committed")
-POINT_WAIT_SECONDS = 30.0  # for the armed leader to reach its point (elections are slow under load)
-# What the nodes count of the paths a chaos run exists to exercise (summed over every process).
-EXERCISED_SAMPLES: Mapping[str, str] = {
-    "reconciled at term start": 'slimsched_runs_reconciled_total{phase="term-start"}',
-    "reconciled by a poll": 'slimsched_runs_reconciled_total{phase="poll"}',
-    "409 taken as created": "slimsched_jobs_already_existed_total",
-}
-
-
-@dataclass(frozen=True)
-class PlannedFault:
-    at: float  # seconds after the load starts
-    kind: FaultKind
-
-
-def plan_timetable(
-    duration: float, interval: float, kinds: Sequence[FaultKind], rng: random.Random
-) -> list[PlannedFault]:
-    """A fault every ``interval`` s; kinds in shuffled rounds, so each kind comes once per round."""
-    out: list[PlannedFault] = []
-    order: list[FaultKind] = []
-    at = interval
-    limit = 100_000
-    while at + HOLD_SECONDS[FaultKind.PAUSE_LEADER] <= duration and len(out) < limit:
-        if not order:
-            order = list(kinds)
-            rng.shuffle(order)
-        out.append(PlannedFault(round(at, 3), order.pop()))
-        at += interval
-    return out
-
-
-@dataclass
-class FaultRecord:
-    kind: FaultKind
-    target: int
-    target_was_leader: bool
-    started_at: float  # wall clock (time.time), comparable with the nodes' timestamps
-    offset: float  # seconds after the load started
-    old_term: int
-    reverted_after: float | None = None
-    new_leader_after: float | None = None
-    first_tick_after: float | None = None
-    recovered_after: float | None = None
-    point: str | None = None  # crash-point and stop-point faults: where the leader was stopped
-    point_reached: bool = False
-
-    @property
-    def leader_fault(self) -> bool:
-        return self.target_was_leader
-
-
-# --- the partition proxy ---------------------------------------------------------------------
-
-
-def _pickled_forms(address: str) -> tuple[bytes, ...]:
-    """How pickle writes ``address``: BINUNICODE (protocol 2, pysyncobj's) or SHORT_BINUNICODE."""
-    raw = address.encode()
-    forms = [b"X" + struct.pack("<I", len(raw)) + raw]
-    if len(raw) < 256:
-        forms.append(b"\x8c" + bytes([len(raw)]) + raw)
-    return tuple(forms)
-
-
-def identify_peer(frame: bytes, candidates: Iterable[str]) -> str | None:
-    """The one candidate address whose pickled string the (compressed) first frame holds.
-
-    ``frame`` is the frame body after its 4-byte length. The body is decompressed with a bound
-    and searched, never unpickled; the length prefix makes the match exact (``127.0.0.1:4000``
-    is not found inside ``127.0.0.1:40001``). None if no candidate or several match.
-    """
-    try:
-        plain = zlib.decompressobj().decompress(frame, PROXY_PLAIN_MAX)
-    except zlib.error:
-        return None
-    found = [c for c in candidates if any(form in plain for form in _pickled_forms(c))]
-    return found[0] if len(found) == 1 else None
-
-
-def pysyncobj_first_frame(address: str) -> bytes:
-    """The first frame pysyncobj (no password) sends on a connection it opens, for tests."""
-    import pysyncobj.pickle as pysyncobj_pickle  # only to build a faithful frame
-
-    body = zlib.compress(pysyncobj_pickle.dumps(address), 3)
-    return struct.pack("i", len(body)) + body
-
-
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host, int(port)
-
-
-class PartitionProxy:
-    """Relays Raft TCP between nodes on 127.0.0.1 and cuts chosen links on demand.
-
-    ``routes`` maps each node's front address (what peers dial) to its back address (where the
-    node listens). A connection to a front address comes from the peer named in its first frame
-    (see ``identify_peer``); it is relayed to the back address unless that pair's link is cut.
-    """
-
-    def __init__(self, routes: Mapping[str, str], *, max_connections: int = PROXY_MAX_CONNECTIONS) -> None:
-        for address in (*routes, *routes.values()):
-            if _split(address)[0] != "127.0.0.1":
-                raise ValueError(f"the partition proxy serves 127.0.0.1 only, not {address}")
-        self._routes = dict(routes)
-        self._max = max_connections
-        self._servers: list[asyncio.Server] = []
-        self._cut: set[frozenset[str]] = set()
-        self._links: dict[frozenset[str], set[asyncio.StreamWriter]] = {}
-        self._open = 0
-        self.stats: Counter[str] = Counter()
-
-    async def start(self) -> None:
-        for front in self._routes:
-            host, port = _split(front)
-
-            async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, front: str = front) -> None:
-                await self._handle(front, r, w)
-
-            self._servers.append(await asyncio.start_server(handle, host, port))
-
-    async def stop(self) -> None:
-        for server in self._servers:
-            server.close()
-        for writers in list(self._links.values()):
-            for w in list(writers):
-                w.transport.abort()
-        for server in self._servers:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 2.0)
-        self._servers.clear()
-
-    # -- control ---------------------------------------------------------------------------------
-
-    def cut(self, a: str, b: str) -> None:
-        """Cut the link between nodes ``a`` and ``b`` (front addresses): close it, refuse it."""
-        pair = frozenset((a, b))
-        self._cut.add(pair)
-        for w in list(self._links.get(pair, ())):
-            w.transport.abort()
-
-    def isolate(self, a: str) -> None:
-        for b in self._routes:
-            if b != a:
-                self.cut(a, b)
-
-    def heal(self, a: str, b: str) -> None:
-        self._cut.discard(frozenset((a, b)))
-
-    def heal_all(self) -> None:
-        self._cut.clear()
-
-    @property
-    def cut_links(self) -> frozenset[frozenset[str]]:
-        return frozenset(self._cut)
-
-    def connected(self, a: str, b: str) -> bool:
-        """Whether a relayed connection between ``a`` and ``b`` is open right now."""
-        return bool(self._links.get(frozenset((a, b))))
-
-    # -- relaying --------------------------------------------------------------------------------
-
-    async def _handle(self, dst: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._open >= self._max:
-            self.stats["over_limit"] += 1
-            writer.transport.abort()
-            return
-        self._open += 1
-        back: asyncio.StreamWriter | None = None
-        pair: frozenset[str] | None = None
-        try:
-            header = await asyncio.wait_for(reader.readexactly(4), PROXY_FIRST_FRAME_TIMEOUT)
-            (length,) = struct.unpack("i", header)
-            if not 0 < length <= PROXY_FIRST_FRAME_MAX:
-                self.stats["unidentified"] += 1
-                return
-            body = await asyncio.wait_for(reader.readexactly(length), PROXY_FIRST_FRAME_TIMEOUT)
-            src = identify_peer(body, [a for a in self._routes if a != dst])
-            if src is None:
-                self.stats["unidentified"] += 1
-                return
-            pair = frozenset((src, dst))
-            if pair in self._cut:
-                self.stats["refused"] += 1
-                return
-            back_reader, back_writer = await asyncio.wait_for(
-                asyncio.open_connection(*_split(self._routes[dst])), PROXY_CONNECT_TIMEOUT
-            )
-            back = back_writer
-            if pair in self._cut:  # cut while we were connecting
-                self.stats["refused"] += 1
-                return
-            self._links.setdefault(pair, set()).update((writer, back_writer))
-            self.stats["relayed"] += 1
-            back_writer.write(header + body)
-            await asyncio.gather(
-                self._pump(reader, back_writer, writer), self._pump(back_reader, writer, back_writer)
-            )
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            self.stats["failed"] += 1
-        finally:
-            self._open -= 1
-            if pair is not None:
-                links = self._links.get(pair, set())
-                links.discard(writer)
-                if back is not None:
-                    links.discard(back)
-                if not links:
-                    self._links.pop(pair, None)
-            writer.transport.abort()
-            if back is not None:
-                back.transport.abort()
-
-    @staticmethod
-    async def _pump(
-        src: asyncio.StreamReader, dst: asyncio.StreamWriter, other: asyncio.StreamWriter
-    ) -> None:
-        """Copy one direction until either side closes (a cut aborts both), then close both.
-
-        Ends with the connection: the cut, ``stop`` or either node closing it ends the read.
-        """
-        try:
-            while data := await src.read(PROXY_CHUNK):
-                dst.write(data)
-                await dst.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            dst.transport.abort()
-            other.transport.abort()
-
-
-# --- what clients were told ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int | None  # None: no answer (timeout, reset after sending)
-    body: Any
-    sent: bool = True  # False: the connection was refused, the request never left
-
-    @property
-    def acked(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
-
-    @property
-    def unknown(self) -> bool:
-        """The request may or may not have taken effect."""
-        return self.sent and (self.status is None or self.status >= 500)
-
-
-@dataclass
-class OpCounts:
-    attempted: int = 0
-    acked: int = 0
-    rejected: int = 0
-    unknown: int = 0
-    unreachable: int = 0
-
-
-@dataclass(frozen=True)
-class CreatedSchedule:
-    job: str
-    cron: str
-    acked_at: float
-
-
-@dataclass(frozen=True)
-class DeletedSchedule:
-    job: str
-    acked_at: float
-    how: str  # "204", or "404 after an unknown attempt"
-
-
-@dataclass(frozen=True)
-class AckedTrigger:
-    job: str
-    acked_at: float
-
-
-@dataclass
-class ClientLog:
-    created: dict[str, CreatedSchedule] = field(default_factory=dict)
-    deleted: dict[str, DeletedSchedule] = field(default_factory=dict)
-    delete_unknown: set[str] = field(default_factory=set)
-    triggers: dict[str, AckedTrigger] = field(default_factory=dict)
-    job_names: set[str] = field(default_factory=set)
-    ledger_polls: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
-    lost_at_delete: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    ops: dict[str, OpCounts] = field(default_factory=dict)
-
-    def count(self, op: str, answer: Answer) -> None:
-        c = self.ops.setdefault(op, OpCounts())
-        c.attempted += 1
-        if not answer.sent:
-            c.unreachable += 1
-        elif answer.acked:
-            c.acked += 1
-        elif answer.unknown:
-            c.unknown += 1
-        else:
-            c.rejected += 1
-
-
-# --- what the cluster holds at the end, and the invariant checker -----------------------------
-
-
-@dataclass
-class NodeSnapshot:
-    index: int
-    schedules: dict[str, dict[str, Any]] = field(default_factory=dict)  # by schedule id
-    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by run id (with "Job")
-    ledgers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by schedule id
-    state_hash: str | None = None
-
-
-@dataclass(frozen=True)
-class Violation:
-    kind: str
-    detail: str
-
-
-@dataclass
-class TickStats:
-    fired: int = 0
-    missed: int = 0
-    skipped: int = 0
-    catch_up: int = 0  # ticks fired in one FireTick with older ticks recorded missed (an outage)
 
 
 def _iso(epoch_s: int) -> str:
     return datetime.fromtimestamp(epoch_s, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
-def _tick_of(run_id: str) -> int | None:
-    _, _, tail = run_id.rpartition("-")
-    return int(tail) if tail.isdigit() else None
-
-
-def _ledger_gap_explained(
-    gap_end: int, records: list[dict[str, Any]], polls: list[list[dict[str, Any]]]
-) -> bool:
-    """A gap before tick ``gap_end`` the design allows: the ledger's own bound, not a lost tick.
-
-    Either a poll returned a full ledger starting at ``gap_end`` (older records were dropped
-    before we read them), or ``gap_end`` belongs to a catch-up batch that listed only the newest
-    MAX_MISSED_RECORDED missed ticks of a long outage.
-    """
-    for poll in polls:
-        if len(poll) >= LEDGER_PER_SCHEDULE and min(int(r["Tick"]) for r in poll) == gap_end:
-            return True
-    at = [r["RecordedAt"] for r in records if int(r["Tick"]) == gap_end]
-    batch = [r for r in records if at and r["RecordedAt"] == at[0]]
-    return len(batch) >= MAX_MISSED_RECORDED + 1
-
-
-def check(
-    log: ClientLog,
-    snapshots: Sequence[NodeSnapshot],
-    creations: Sequence[tuple[str, str]],
-    notes: Sequence[Violation] = (),
-    jobs_by_run: Mapping[str, Sequence[str]] | None = None,
-    cold_starts: Sequence[tuple[float, float]] = (),
-    old_jobs: frozenset[str] = frozenset(),
-) -> tuple[list[Violation], TickStats]:
-    """Compare what clients were told with what every node and the emulator hold.
-
-    - every acknowledged (2xx) schedule create and trigger is on every node (by id), unless the
-      schedule was deleted since; an acknowledged delete did not come back;
-    - every acknowledged trigger produced exactly one Job; no Job name was created twice; every
-      Job belongs to a run of the replicated state;
-    - cron ticks (from the ledgers read during the run and at the end, and the runs): each tick
-      is recorded once; every fired tick has its run ``{schedule}-{tick}`` and exactly one Job
-      ``kube_job_name(job, run id)``; a missed or skipped tick has none; every second of an
-      every-second schedule, from its creation on, is in the ledger (only the ledger's own
-      bounds may hide one); no tick fired after the schedule's delete was acknowledged;
-    - every node holds the same state (StateHash).
-
-    A cold start (``cold_starts``: when the ledgers were last read before it, and when the
-    cluster was stopped) restores schedules and their last fired ticks only, not runs or ledgers
-    (backup/RUNBOOK.md): a trigger or tick from before it needs at most one Job instead of
-    exactly one and no run, the Jobs created before it (``old_jobs``) need no run, and the ticks
-    fired between that last read and the stop are in no ledger any more.
-
-    ``creations`` is the emulator's log of Job create attempts as (name, outcome);
-    ``jobs_by_run`` the names of the Jobs Kubernetes holds by their run-id label, so a run
-    dispatched twice is seen whatever its Jobs are named. Pure: the harness gathers the inputs
-    once the cluster is healed and quiescent.
-    """
-    out: list[Violation] = list(notes)
-    stats = TickStats()
-    era = max((stopped for _, stopped in cold_starts), default=float("-inf"))  # runs and ledgers begin again
-
-    def wiped_with_a_ledger(first: int, last: int) -> bool:
-        return any(read - 2 <= first and last <= stopped + 1 for read, stopped in cold_starts)
-
-    created = Counter(name for name, outcome in creations if outcome == "created")
-
-    # Acknowledged schedule writes, on every node.
-    for sid in log.lost_at_delete:
-        out.append(Violation("acked-write-lost", f"acknowledged schedule {sid} was not found when deleted"))
-    for snap in snapshots:
-        for sid, c in log.created.items():
-            if sid in log.deleted or sid in log.delete_unknown or sid in log.lost_at_delete:
-                continue
-            if sid not in snap.schedules:
-                out.append(
-                    Violation(
-                        "acked-write-lost",
-                        f"schedule {sid} ({c.job}) acknowledged, missing on node {snap.index}",
-                    )
-                )
-        for sid, d in log.deleted.items():
-            if sid in snap.schedules:
-                out.append(
-                    Violation(
-                        "delete-came-back",
-                        f"schedule {sid} ({d.job}) deleted ({d.how}), back on node {snap.index}",
-                    )
-                )
-        for rid, t in log.triggers.items():
-            if rid not in snap.runs and t.acked_at >= era:
-                out.append(
-                    Violation(
-                        "acked-write-lost", f"run {rid} ({t.job}) acknowledged, missing on node {snap.index}"
-                    )
-                )
-
-    # Kubernetes Jobs: one per acknowledged trigger, one per run, no name twice, none unexplained.
-    for rid, t in log.triggers.items():
-        n = created[kube_job_name(t.job, rid)]
-        if n != 1 and not (t.acked_at < era and n == 0):
-            out.append(
-                Violation("trigger-not-one-job", f"acknowledged trigger {rid} ({t.job}) produced {n} Jobs")
-            )
-    for name, n in created.items():
-        if n > 1:
-            out.append(Violation("job-created-twice", f"Job {name} was created {n} times"))
-    for rid, names in sorted((jobs_by_run or {}).items()):
-        if len(set(names)) > 1:
-            out.append(
-                Violation("run-dispatched-twice", f"run {rid} has {len(set(names))} Jobs: {sorted(names)}")
-            )
-    runs: dict[str, dict[str, Any]] = {}
-    for snap in snapshots:
-        for rid, run in snap.runs.items():
-            runs.setdefault(rid, run)
-    run_names = {str(r["Name"]) for r in runs.values()}
-    for name in sorted(set(created) - run_names - old_jobs):
-        out.append(Violation("phantom-job", f"Job {name} matches no run of the replicated state"))
-
-    # Cron ticks: the ledgers (polled during the run and at the end) against runs and Jobs.
-    cron_runs: dict[str, dict[int, dict[str, Any]]] = {}
-    for rid, run in runs.items():
-        owner = run.get("ScheduleId")
-        tick = _tick_of(rid)
-        if owner and tick is not None:
-            cron_runs.setdefault(str(owner), {})[tick] = run
-    sids = set(cron_runs) | set(log.ledger_polls) | {s for snap in snapshots for s in snap.ledgers}
-    for sid in sorted(sids):
-        polls = [
-            *log.ledger_polls.get(sid, []),
-            *(snap.ledgers[sid] for snap in snapshots if sid in snap.ledgers),
-        ]
-        distinct: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for poll in polls:
-            for r in poll:
-                key = (r["Tick"], r["Outcome"], r["RecordedAt"], r.get("RunId"))
-                distinct.setdefault(key, r)
-        by_tick: dict[int, list[dict[str, Any]]] = {}
-        for r in distinct.values():
-            by_tick.setdefault(int(r["Tick"]), []).append(r)
-        in_one_read = Counter[int]()  # the same tick twice in one ledger read
-        for poll in polls:
-            for tick, n in Counter(int(r["Tick"]) for r in poll).items():
-                in_one_read[tick] = max(in_one_read[tick], n)
-        fired_runs = cron_runs.get(sid, {})
-        job = next((str(r["Job"]) for r in fired_runs.values()), None)
-        if job is None and sid in log.created:
-            job = log.created[sid].job
-        stats.fired += len(fired_runs)
-        by_recorded_at: dict[Any, set[str]] = {}
-        for r in distinct.values():
-            by_recorded_at.setdefault(r["RecordedAt"], set()).add(str(r["Outcome"]))
-        stats.catch_up += sum(1 for outcomes in by_recorded_at.values() if {"fired", "missed"} <= outcomes)
-        fired_ticks = set(fired_runs)
-        for tick, records in sorted(by_tick.items()):
-            outcomes = sorted(str(r["Outcome"]) for r in records)
-            if len(records) > 1 or in_one_read[tick] > 1:
-                out.append(Violation("tick-handled-twice", f"schedule {sid} tick {tick}: {outcomes}"))
-            if "fired" in outcomes:
-                fired_ticks.add(tick)
-                if tick not in fired_runs and tick >= era:
-                    out.append(
-                        Violation("fired-tick-without-run", f"schedule {sid} tick {tick} fired, no run")
-                    )
-            else:
-                stats.missed += outcomes.count("missed")
-                stats.skipped += outcomes.count("skipped")
-                if tick in fired_runs or (job is not None and created[kube_job_name(job, f"{sid}-{tick}")]):
-                    out.append(
-                        Violation("unfired-tick-ran", f"schedule {sid} tick {tick} is {outcomes}, yet ran")
-                    )
-        ticks = sorted(by_tick)
-        every_second = log.created.get(sid, CreatedSchedule("", EVERY_SECOND, 0)).cron == EVERY_SECOND
-        if every_second and ticks:
-            merged = list(distinct.values())
-            # The first tick after the schedule's creation (stamped before its acknowledgement)
-            # is in the ledger, fired or missed: a new schedule loses no tick either.
-            acked = log.created.get(sid)
-            head = int(acked.acked_at) + 1 if acked is not None else None
-            if (
-                head is not None
-                and ticks[0] > head
-                and not _ledger_gap_explained(ticks[0], merged, polls)
-                and not wiped_with_a_ledger(head, ticks[0] - 1)
-            ):
-                out.append(
-                    Violation("tick-lost", f"schedule {sid}: ticks {head}..{ticks[0] - 1} are in no ledger")
-                )
-            for prev, nxt in itertools.pairwise(ticks):
-                if (
-                    nxt != prev + 1
-                    and not _ledger_gap_explained(nxt, merged, polls)
-                    and not wiped_with_a_ledger(prev + 1, nxt - 1)
-                ):
-                    out.append(
-                        Violation(
-                            "tick-lost", f"schedule {sid}: ticks {prev + 1}..{nxt - 1} are in no ledger"
-                        )
-                    )
-            for tick in sorted(fired_runs):
-                if ticks[0] <= tick <= ticks[-1] and tick not in by_tick:
-                    out.append(
-                        Violation("tick-unrecorded", f"schedule {sid} tick {tick} ran, not in the ledger")
-                    )
-        for tick in sorted(fired_ticks):
-            n = created[kube_job_name(job, f"{sid}-{tick}")] if job is not None else 0
-            if n != 1 and not (tick < era and n == 0):
-                out.append(Violation("tick-not-one-job", f"schedule {sid} tick {tick} produced {n} Jobs"))
-        deleted = log.deleted.get(sid)
-        if deleted is not None:
-            late = [t for t, r in fired_runs.items() if int(r["InQueueTimestamp"]) > deleted.acked_at * 1000]
-            if late:
-                out.append(
-                    Violation("fired-after-delete", f"schedule {sid} fired ticks {late[:3]} after its delete")
-                )
-
-    # Every node converged on one state.
-    hashes = {snap.state_hash for snap in snapshots}
-    if len(hashes) != 1 or None in hashes:
-        shown = {snap.index: (snap.state_hash or "none")[:12] for snap in snapshots}
-        out.append(Violation("diverged", f"nodes did not converge on one state hash: {shown}"))
-    out.extend(Violation("unexpected-answer", u) for u in log.unexpected)
-    return out, stats
-
-
-# Crash points after which the next leader must re-create a Job (job-created leaves the Job).
-RECONCILING_POINTS = frozenset({"fire-committed", "dispatch-committed", "fire-applied"})
-
-
-def unexercised(faults: Sequence[FaultRecord], exercised: Mapping[str, int]) -> list[Violation]:
-    """The paths this run's faults must have taken, and did not: a run proves nothing about a
-    rule whose path it never took. ``exercised`` holds the nodes' counters, the emulator's 409s
-    ("create answered 409") and the ledgers' catch-up firings ("catch-up firings")."""
-    out: list[Violation] = []
-    for f in faults:
-        if f.point is not None and not f.point_reached:
-            out.append(Violation("path-not-exercised", f"{f.kind.value}: no node reached {f.point}"))
-    points = [f for f in faults if f.point is not None and f.point_reached]
-    reconciled = exercised.get("reconciled at term start", 0) + exercised.get("reconciled by a poll", 0)
-    if any(f.point in RECONCILING_POINTS for f in points) and reconciled == 0:
-        out.append(
-            Violation("path-not-exercised", "a leader died before a create, yet nothing was reconciled")
-        )
-    # A stop-point is not required to produce a 409: a deposed leader cancels its work when it
-    # learns it lost the term, before its create goes out; a 409 needs a create already on the
-    # wire when the leader lost it, a window no point in the leader opens. 409s are counted.
-    if points and exercised.get("catch-up firings", 0) == 0:
-        out.append(Violation("path-not-exercised", "leaders died mid-protocol, yet no tick was fired late"))
-    return out
-
-
-def percentile_50_and_max(values: Sequence[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.median(values), max(values)
-
-
-def first_tick_after(fault_start: float, fire_times_ms: Sequence[int]) -> float | None:
-    """Seconds from a fault to the first tick fired after it (a fire stamped at or after it)."""
-    start_ms = fault_start * 1000
-    later = [t for t in fire_times_ms if t >= start_ms]
-    return (min(later) - start_ms) / 1000 if later else None
-
-
-# --- the report ------------------------------------------------------------------------------
-
-
-@dataclass
-class ChaosReport:
-    nodes: int
-    duration: float
-    seed: int
-    faults: list[FaultRecord]
-    ops: dict[str, OpCounts]
-    ticks: TickStats
-    jobs_created: int
-    job_conflicts: int
-    violations: list[Violation]
-    proxy: dict[str, int]
-    wall_seconds: float
-    base_dir: str | None = None
-    exercised: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def leader_faults(self) -> list[FaultRecord]:
-        return [f for f in self.faults if f.leader_fault]
-
-    def failover(self) -> dict[str, tuple[float | None, float | None]]:
-        lf = self.leader_faults
-        return {
-            "new_leader": percentile_50_and_max(
-                [f.new_leader_after for f in lf if f.new_leader_after is not None]
-            ),
-            "first_tick": percentile_50_and_max(
-                [f.first_tick_after for f in lf if f.first_tick_after is not None]
-            ),
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        fo = self.failover()
-        return {
-            "nodes": self.nodes,
-            "duration": self.duration,
-            "seed": self.seed,
-            "wall_seconds": round(self.wall_seconds, 1),
-            "faults": [{**dataclasses.asdict(f), "kind": f.kind.value} for f in self.faults],
-            "faults_by_kind": dict(Counter(f.kind.value for f in self.faults)),
-            "ops": {k: dataclasses.asdict(v) for k, v in self.ops.items()},
-            "ticks": dataclasses.asdict(self.ticks),
-            "jobs_created": self.jobs_created,
-            "job_conflicts": self.job_conflicts,
-            "failover": {k: {"p50": v[0], "max": v[1]} for k, v in fo.items()},
-            "violations": [dataclasses.asdict(v) for v in self.violations],
-            "proxy": self.proxy,
-            "exercised": self.exercised,
-        }
-
-    def table(self) -> str:
-        def secs(v: float | None) -> str:
-            return "-" if v is None else f"{v:.2f} s"
-
-        lines = [
-            f"slimsched chaos: {self.nodes} nodes, {self.duration:g} s of load, seed {self.seed}, "
-            f"{self.wall_seconds:.0f} s in all",
-            "",
-            f"{'Faults injected':<28}{'count':>7}",
-        ]
-        by_kind = Counter(f.kind for f in self.faults)
-        for kind in FaultKind:
-            if by_kind[kind]:
-                lines.append(f"  {kind.value:<26}{by_kind[kind]:>7}")
-        lines.append(f"  {'total':<26}{len(self.faults):>7}   ({len(self.leader_faults)} on the leader)")
-        lines += [
-            "",
-            f"{'Operations':<28}{'attempted':>10}{'acked':>8}{'rejected':>10}{'unknown':>9}{'unreachable':>13}",
-        ]
-        for op, c in sorted(self.ops.items()):
-            lines.append(
-                f"  {op:<26}{c.attempted:>10}{c.acked:>8}{c.rejected:>10}{c.unknown:>9}{c.unreachable:>13}"
-            )
-        lines += [
-            "",
-            f"Cron ticks: {self.ticks.fired} fired, {self.ticks.missed} missed, "
-            f"{self.ticks.skipped} skipped; Jobs created: {self.jobs_created} "
-            f"(create attempts answered 409: {self.job_conflicts})",
-            f"Proxy: {', '.join(f'{k} {v}' for k, v in sorted(self.proxy.items())) or 'idle'}",
-            f"Paths exercised: {', '.join(f'{k} {v}' for k, v in self.exercised.items()) or '-'}",
-            "",
-            f"{'Failover (leader faults)':<28}{'p50':>10}{'max':>10}",
-        ]
-        for label, (p50, worst) in zip(
-            ("fault -> new leader", "fault -> first tick fired"), self.failover().values(), strict=True
-        ):
-            lines.append(f"  {label:<26}{secs(p50):>10}{secs(worst):>10}")
-        lines += [
-            "",
-            "Timetable",
-            f"  {'at':>7}  {'kind':<20}{'node':>5}  {'leader?':<8}{'new leader':>11}"
-            f"{'first tick':>11}{'healthy':>10}",
-        ]
-        for f in self.faults:
-            lines.append(
-                f"  {f.offset:>6.1f}s  {f.kind.value:<20}{f.target:>5}  "
-                f"{'yes' if f.leader_fault else 'no':<8}"
-                f"{secs(f.new_leader_after):>11}{secs(f.first_tick_after):>11}{secs(f.recovered_after):>10}"
-            )
-        by_violation = Counter(v.kind for v in self.violations)
-        lines += ["", f"Violations: {len(self.violations)}"]
-        for vkind, n in sorted(by_violation.items()):
-            lines.append(f"  {vkind:<26}{n:>7}")
-            for v in [v for v in self.violations if v.kind == vkind][:MAX_EXAMPLES]:
-                lines.append(f"      {v.detail}")
-        if self.violations and self.base_dir:
-            lines.append(f"Node logs kept in {self.base_dir}/logs")
-        return "\n".join(lines)
-
-
-# --- the harness -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from slimsched.chaos import PartitionProxy
 from slimsched.localcluster import LocalCluster, free_ports, request_json
+from slimsched.partitionproxy import PartitionProxy
 from tests.conftest import JOBS
 
 

@@ -19,24 +19,21 @@ import orjson
 import pytest
 
 from slimsched import chaos, chaosbackup
-from slimsched.chaos import (
+from slimsched.chaos import ChaosConfig
+from slimsched.chaoscheck import (
     EVERY_SECOND,
     AckedTrigger,
-    ChaosConfig,
     ClientLog,
     CreatedSchedule,
     DeletedSchedule,
-    FaultKind,
     NodeSnapshot,
-    PartitionProxy,
     check,
-    identify_peer,
-    plan_timetable,
-    pysyncobj_first_frame,
 )
+from slimsched.chaosplan import ALL_KINDS, FaultKind, plan_timetable
 from slimsched.cronplan import MAX_MISSED_RECORDED
 from slimsched.jobmanifest import kube_job_name
 from slimsched.localcluster import free_ports
+from slimsched.partitionproxy import PartitionProxy, identify_peer, pysyncobj_first_frame
 
 # --- identifying the peer of a Raft connection -------------------------------------------------
 
@@ -134,10 +131,10 @@ def test_proxy_serves_loopback_only() -> None:
 
 
 def test_timetable_brings_every_kind_once_per_round() -> None:
-    table = plan_timetable(60, 5, chaos.ALL_KINDS, random.Random(7))
+    table = plan_timetable(60, 5, ALL_KINDS, random.Random(7))
     assert [f.at for f in table] == [5.0 * i for i in range(1, 12)]
-    first_round = [f.kind for f in table[: len(chaos.ALL_KINDS)]]
-    assert sorted(first_round) == sorted(chaos.ALL_KINDS)
+    first_round = [f.kind for f in table[: len(ALL_KINDS)]]
+    assert sorted(first_round) == sorted(ALL_KINDS)
 
 
 # --- the checker on made-up observations --------------------------------------------------------

@@ -4,7 +4,7 @@ without a rule fails it, for each kind of violation it claims to catch.
 - A correct build under the point faults (a leader dies, or stops, at a named step of the
   protocol: slimsched.crashpoints) has no violation, and the run shows that reconciles and
   catch-up firings happened (a run that never took them proves nothing). A create answered 409
-  is counted but not required: see ``chaos.unexercised``.
+  is counted but not required: see ``chaoscheck.unexercised``.
 - Broken builds (``SLIMSCHED_TEST_BREAK``, read by the nodes only): missed ticks dropped ->
   tick-lost; a Job named per term -> run-dispatched-twice; the declared-schedules sync owning
   every schedule -> acked-write-lost. The FireTick dedupe build (tick-handled-twice) is proven in
@@ -16,16 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from slimsched import chaos
-from slimsched.chaos import (
-    AckedTrigger,
-    ChaosConfig,
-    ClientLog,
-    FaultKind,
-    FaultRecord,
-    NodeSnapshot,
-    check,
-    unexercised,
-)
+from slimsched.chaos import ChaosConfig
+from slimsched.chaoscheck import AckedTrigger, ClientLog, NodeSnapshot, check, unexercised
+from slimsched.chaosplan import FaultKind, FaultRecord
 
 
 def _fault(kind: FaultKind, point: str | None = None, reached: bool = True) -> FaultRecord:
