@@ -51,7 +51,7 @@ LIST_PAGE_SIZE = 500
 MAX_LIST_PAGES = 1000
 CALL_THREADS = 8
 LOG_STREAM_THREADS = 16
-CREATE_CONNECTIONS = 64  # the leader's max_concurrent_dispatches: one kept-alive connection each
+CREATE_CONNECTIONS = 64  # kept-alive connections; the leader has at most 32 creates in flight (its cap)
 AUTH_REFRESH_SECONDS = 5.0  # how stale the fast path's Authorization header may get (a 401 refreshes it)
 
 _BATCH = "/apis/batch/v1/namespaces/{namespace}"
