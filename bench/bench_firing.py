@@ -151,6 +151,7 @@ class JobWatch:
         self.namespace = namespace
         self.added: dict[str, float] = {}
         self._conn = server.connection()
+        self._conn.timeout = None  # a watch is quiet between bursts, for longer than a request's timeout
         self._thread = threading.Thread(target=self._run, name="bench-job-watch", daemon=True)
         self._ready = threading.Event()
 
@@ -160,7 +161,7 @@ class JobWatch:
         self._conn.request("GET", path, headers=headers)
         response = self._conn.getresponse()
         self._ready.set()
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # AttributeError: closed under it
             for line in response:
                 event = orjson.loads(line)
                 if event.get("type") == "ADDED":
