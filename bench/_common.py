@@ -19,7 +19,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import orjson
 
-from slimsched.localcluster import LocalCluster, free_ports, request_json
+from slimsched.jsonhttp import request_json
+from slimsched.localcluster import LocalCluster, free_ports
 
 BENCH_JOB = "bench"
 BENCH_IMAGE = "example.org/bench:1"

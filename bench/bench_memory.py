@@ -43,7 +43,8 @@ import orjson
 from bench._common import BENCH_JOB, cluster, emulator_process, node_pid, rss_bytes, say, table
 from bench.bench_firing import create_schedules
 from slimsched import codec, jobconfig, statemachine
-from slimsched.localcluster import NODE_PYTHON_FLAGS, request_json
+from slimsched.jsonhttp import request_json
+from slimsched.localcluster import NODE_PYTHON_FLAGS
 from slimsched.settings import RaftTimings
 
 MIB = 1024 * 1024

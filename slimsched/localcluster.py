@@ -29,19 +29,6 @@ import orjson
 NODE_PYTHON_FLAGS = ("-OO",)
 
 
-def request_json(url: str, method: str = "GET", body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
-    """A blocking JSON request: (status, decoded body or None), error statuses included."""
-    data = orjson.dumps(body) if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, orjson.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, orjson.loads(raw) if raw else None
-
-
 def serve_command(
     python: str,
     raft_address: str,

@@ -35,6 +35,8 @@ from typing import IO, Any, TypeVar
 
 import orjson
 
+from slimsched.jsonhttp import request_json
+
 HASHSET_PREFIX = "ScheduleJob:"
 TTL_FIELD = "${__slimfaas_ttl__}$"  # SlimDataInterpreter.HashsetTtlField: not a schedule
 _NULL_OBJECT = 255
@@ -369,21 +371,6 @@ def _same(body: dict[str, Any], listed: dict[str, Any]) -> bool:
     )
 
 
-def _call(url: str, method: str, body: Any, timeout: float) -> tuple[int, Any]:
-    data = orjson.dumps(body) if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, orjson.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            return e.code, orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            return e.code, {"Message": raw.decode(errors="replace")}
-
-
 def cli_import(
     path: str, server: str, dry_run: bool, out: IO[str], err: IO[str], timeout: float = 15.0
 ) -> int:
@@ -409,13 +396,13 @@ def cli_import(
             continue
         try:
             if job not in existing:
-                status, listed = _call(f"{base}/job-schedules/{job}", "GET", None, timeout)
+                status, listed = request_json(f"{base}/job-schedules/{job}", "GET", None, timeout)
                 existing[job] = listed if status == 200 and isinstance(listed, list) else []
             if any(_same(entry.body, s) for s in existing[job]):
                 skipped += 1
                 print(f"already there: {line}", file=out)
                 continue
-            status, answer = _call(f"{base}/job-schedules/{job}", "POST", entry.body, timeout)
+            status, answer = request_json(f"{base}/job-schedules/{job}", "POST", entry.body, timeout)
         except (OSError, urllib.error.URLError) as e:
             print(f"FAILED: cannot reach {base}: {e}", file=err)
             return 3

@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 
 from slimsched.emulator import EmulatorThread
-from slimsched.localcluster import LocalCluster, request_json
+from slimsched.jsonhttp import request_json
+from slimsched.localcluster import LocalCluster
 
 request = request_json
 

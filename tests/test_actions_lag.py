@@ -13,7 +13,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from slimsched.localcluster import LocalCluster, free_ports, request_json
+from slimsched.jsonhttp import request_json
+from slimsched.localcluster import LocalCluster, free_ports
 from slimsched.partitionproxy import PartitionProxy
 from tests.conftest import JOBS
 

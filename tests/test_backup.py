@@ -32,7 +32,8 @@ from slimsched.backup import fileformat
 from slimsched.cronplan import MAX_MISSED_RECORDED
 from slimsched.emulator import EmulatorThread
 from slimsched.jobmanifest import kube_job_name
-from slimsched.localcluster import LocalCluster, free_ports, request_json
+from slimsched.jsonhttp import request_json
+from slimsched.localcluster import LocalCluster, free_ports
 from slimsched.model import ConcurrencyPolicy, EnvVar, JobOverrides, Resources, Schedule
 from slimsched.node import Node
 from slimsched.raft import RaftNode

@@ -19,7 +19,8 @@ import pytest
 
 from slimsched import backup as bk
 from slimsched.backup.fileformat import Payload
-from slimsched.localcluster import LocalCluster, request_json
+from slimsched.jsonhttp import request_json
+from slimsched.localcluster import LocalCluster
 from slimsched.model import Schedule
 
 JOBS = orjson.dumps({"Configurations": {"fibonacci": {"Image": "fib:1"}}}).decode()
