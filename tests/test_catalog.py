@@ -15,55 +15,15 @@ from slimsched.emulator import EmulatorThread
 from slimsched.localcluster import LocalCluster, LocalNode
 from slimsched.model import Resources, RestartPolicy, Visibility
 from tests.helpers import request, wait_until
+from tests.slimfaas_demo import DEMO_CRONJOB
 
 # The CronJob of SlimFaas's documentation (SlimFaas: demo/deployment-cron.yaml, docs/jobs.md 2.3),
-# as JSON, with an env added.
-CRONJOB: dict[str, Any] = {
-    "apiVersion": "batch/v1",
-    "kind": "CronJob",
-    "metadata": {
-        "name": "fibonacci5",
-        "annotations": {
-            "SlimFaas/Job": "true",
-            "SlimFaas/DefaultVisibility": "Public",
-            "SlimFaas/NumberParallelJob": "1",
-            "SlimFaas/DependsOn": "fibonacci1,fibonacci2",
-            "SlimFaas/Schedules": '[{"Schedule":"*/2 * * * *","Args":["39"]}]',
-        },
-    },
-    "spec": {
-        "schedule": "0 0 * * *",
-        "suspend": True,
-        "jobTemplate": {
-            "spec": {
-                "backoffLimit": 1,
-                "ttlSecondsAfterFinished": 60,
-                "template": {
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "fibonacci11",
-                                "image": "axaguildev/fibonacci-batch:latest",
-                                "resources": {
-                                    "requests": {"cpu": "400m", "memory": "400Mi"},
-                                    "limits": {"cpu": "400m", "memory": "400Mi"},
-                                },
-                                "env": [
-                                    {"name": "PLAIN", "value": "1"},
-                                    {
-                                        "name": "TOKEN",
-                                        "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}},
-                                    },
-                                ],
-                            }
-                        ],
-                        "restartPolicy": "Never",
-                    }
-                },
-            }
-        },
-    },
-}
+# with an env added.
+CRONJOB: dict[str, Any] = {"apiVersion": "batch/v1", "kind": "CronJob", **copy.deepcopy(DEMO_CRONJOB)}
+CRONJOB["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"] = [
+    {"name": "PLAIN", "value": "1"},
+    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+]
 
 
 def test_slimfaas_demo_cronjob_maps_to_a_job() -> None:

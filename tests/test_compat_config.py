@@ -38,6 +38,7 @@ from slimsched.model import JobSpec, Run, RunStatus
 from slimsched.raft import RaftNode
 from tests.conftest import ApiHarness, ManualClock, api_context
 from tests.helpers import wait_until
+from tests.slimfaas_demo import DEMO_CRONJOB
 
 # SlimFaas: demo/deployment-slimfaas.yml, the SlimFaas__JobsConfiguration of its ConfigMap, as
 # written there (indentation included).
@@ -95,45 +96,6 @@ EXTRA_ENTRY = """
         },"""
 
 CONFIGURATION = DEMO_CONFIGMAP.replace('"Configurations": {', '"Configurations": {' + EXTRA_ENTRY, 1)
-
-# SlimFaas: demo/deployment-cron.yaml (docs/jobs.md 2.3), as JSON.
-DEMO_CRONJOB: dict[str, Any] = {
-    "metadata": {
-        "name": "fibonacci5",
-        "annotations": {
-            "SlimFaas/Job": "true",
-            "SlimFaas/DefaultVisibility": "Public",
-            "SlimFaas/NumberParallelJob": "1",
-            "SlimFaas/DependsOn": "fibonacci1,fibonacci2",
-            "SlimFaas/Schedules": '[{"Schedule":"*/2 * * * *","Args":["39"]}]',
-        },
-    },
-    "spec": {
-        "schedule": "0 0 * * *",
-        "suspend": True,
-        "jobTemplate": {
-            "spec": {
-                "backoffLimit": 1,
-                "ttlSecondsAfterFinished": 60,
-                "template": {
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "fibonacci11",
-                                "image": "axaguildev/fibonacci-batch:latest",
-                                "resources": {
-                                    "requests": {"cpu": "400m", "memory": "400Mi"},
-                                    "limits": {"cpu": "400m", "memory": "400Mi"},
-                                },
-                            }
-                        ],
-                        "restartPolicy": "Never",
-                    }
-                },
-            }
-        },
-    },
-}
 
 DEMO_ENV = [
     {"name": "SLIMFAAS_WS_URL", "value": "ws://slimfaas.slimfaas-demo.svc.cluster.local:5003/ws"},
