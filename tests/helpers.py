@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 
 from slimsched.emulator import EmulatorThread
 from slimsched.jsonhttp import request_json
 from slimsched.localcluster import LocalCluster
+
+T = TypeVar("T")
 
 request = request_json
 
@@ -87,3 +90,21 @@ class KubeCluster:
             if r["Id"] == run_id:
                 return r
         raise AssertionError(f"no run {run_id} of {job}")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    deadline: float = 5.0,
+    what: str = "",
+    interval: float = 0.02,
+) -> T:
+    """Poll ``probe`` until ``done`` holds for its value; fail after ``deadline`` seconds."""
+    give_up = time.monotonic() + deadline
+    while True:
+        value = await probe()
+        if done(value):
+            return value
+        if time.monotonic() > give_up:
+            raise AssertionError(f"{what or 'condition'} not met within {deadline}s; last value: {value!r}")
+        await asyncio.sleep(interval)

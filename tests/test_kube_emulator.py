@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -35,25 +35,12 @@ from slimsched.jobtimeline import JobPlan, Mode, Phase, PhaseAt, phase_at
 from slimsched.kube import KubeClient
 from slimsched.labelselector import Requirement, SelectorError, parse_label_selector, selector_matches
 from slimsched.model import EnvVar, JobSpec, KeyRef, ResourceFieldRef, Resources, Run, RunStatus
+from tests.helpers import eventually
 
 T = TypeVar("T")
 NS = "default"
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 POLL = 0.02
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], deadline: float = 5.0
-) -> T:
-    """Poll ``probe`` until ``done`` holds for its value; fail after ``deadline`` seconds."""
-    give_up = time.monotonic() + deadline
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if time.monotonic() > give_up:
-            raise AssertionError(f"condition not met within {deadline}s; last value: {value!r}")
-        await asyncio.sleep(POLL)
 
 
 async def count(items: list[str]) -> int:

@@ -23,6 +23,7 @@ from slimsched.errors import KubeError
 from slimsched.jobmanifest import build_job_manifest, kube_job_name, run_selector, run_status_from_job
 from slimsched.kube import KubeClient
 from slimsched.model import JobSpec, Run, RunStatus
+from tests import helpers
 from tests.realk8s.backends import Backend, RealBackend
 from tests.realk8s.deploy import service_account_credentials
 from tests.realk8s.images import ImageScript
@@ -35,14 +36,8 @@ T = TypeVar("T")
 async def eventually(
     probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], deadline: float = 30.0, what: str = ""
 ) -> T:
-    give_up = time.monotonic() + deadline
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if time.monotonic() > give_up:
-            raise AssertionError(f"{what or 'condition'} not met within {deadline}s; last value: {value!r}")
-        await asyncio.sleep(0.1)
+    """The shared poll, with the real server's slower deadline and pace."""
+    return await helpers.eventually(probe, done, deadline, what, interval=0.1)
 
 
 @pytest.fixture
