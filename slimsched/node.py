@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from slimsched import catalog, crashpoints, heap, ids, jobconfig, statemachine
+from slimsched import catalog, crashpoints, heap, ids, jobconfig, state_schedules
 from slimsched.access import AccessPolicy
 from slimsched.api import ApiContext, create_app
 from slimsched.backup import Backups, admin_routes
@@ -125,7 +125,7 @@ class Node:
 
     async def start(self) -> None:
         s = self.settings
-        statemachine.BREAK_FIRE_DEDUP = s.test_break_fire_dedup  # test only; see settings
+        state_schedules.BREAK_FIRE_DEDUP = s.test_break_fire_dedup  # test only; see settings
         crashpoints.arm(
             s.test_crash_at, s.test_breaks, s.test_stop_at, s.test_stall_elected_seconds
         )  # test only; see settings

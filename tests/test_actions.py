@@ -13,7 +13,7 @@ import pytest
 from aiohttp import ClientSession, UnixConnector, web
 from aiohttp.test_utils import TestServer
 
-from slimsched import actions, codec, statemachine
+from slimsched import actions, codec, state_store, statemachine
 from slimsched.access import AccessPolicy
 from slimsched.api import create_app
 from slimsched.errors import BadRequest
@@ -153,7 +153,7 @@ def test_backfill_fires_each_handled_tick_once_and_leaves_later_ones_to_cron() -
 def test_backfilled_ticks_whose_runs_were_pruned_are_still_known_from_the_ledger() -> None:
     state = _state()
     _backfill(state, [8 * HOUR])
-    statemachine._drop_run(state, f"{SID}-{8 * HOUR}")  # as if pruned after it finished
+    state_store.drop_run(state, f"{SID}-{8 * HOUR}")  # as if pruned after it finished
     assert _backfill(state, [8 * HOUR], rid="b2").value == {
         "Fired": [],
         "Skipped": [],

@@ -13,7 +13,7 @@ from datetime import datetime
 import orjson
 import pytest
 
-from slimsched import codec, cronplan, statemachine
+from slimsched import codec, cronplan, state_store, statemachine
 from slimsched.model import JobSpec, Run, RunStatus, Schedule
 from slimsched.statemachine import (
     Restoring,
@@ -374,9 +374,9 @@ def test_a_run_kept_after_its_schedule_is_dropped_from_the_index() -> None:
         assert apply(
             state, encode_command("enqueue_run", run=codec.run_to_dict(replace(_run(rid), job_name="j")))
         ).ok
-    statemachine._drop_run(state, "a")
+    state_store.drop_run(state, "a")
     assert list(state.job_runs["j"]) == ["b"] and list(state.queued["j"]) == ["b"]
-    statemachine._drop_run(state, "b")
+    state_store.drop_run(state, "b")
     assert state.job_runs == {} and state.queued == {} and state.runs == {}
 
 
