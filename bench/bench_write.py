@@ -46,7 +46,6 @@ from bench._common import (
 from slimsched import codec, jobconfig
 from slimsched.jobmanifest import kube_job_name
 from slimsched.localcluster import LocalCluster, free_ports
-from slimsched.model import Run, RunStatus
 from slimsched.statemachine import encode_command
 
 CLIENTS = (1, 24, 64)
@@ -55,24 +54,23 @@ JOB_BODY = {"Args": ["42"]}
 
 
 def command_sizes() -> dict[str, int]:
-    """Bytes of the Raft command each endpoint proposes for the bodies above (as api.py builds it)."""
+    """Bytes of the Raft command each endpoint proposes for the bodies above (as the routes build it)."""
     jobs = jobconfig.parse_jobs_configuration(BENCH_JOBS_CONFIGURATION)
     req = jobconfig.parse_schedule_request(SCHEDULE_BODY)
     sched = req.to_schedule(id=uuid.uuid4().hex, job_name=BENCH_JOB, created_at_ms=int(time.time() * 1000))
     run_id = uuid.uuid4().hex
-    run = Run(
-        id=run_id,
-        job_name=BENCH_JOB,
-        spec=jobconfig.merge(jobs.job(BENCH_JOB), jobconfig.parse_overrides(JOB_BODY)),
-        status=RunStatus.QUEUED,
-        queued_at_ms=int(time.time() * 1000),
-        kube_name=kube_job_name(BENCH_JOB, run_id),
+    run = codec.queued_run_command(
+        run_id,
+        BENCH_JOB,
+        jobconfig.merge(jobs.job(BENCH_JOB), jobconfig.parse_overrides(JOB_BODY)),
+        int(time.time() * 1000),
+        kube_job_name(BENCH_JOB, run_id),
     )
     return {
         "schedule": len(
             encode_command("create_schedule", rid=uuid.uuid4().hex, schedule=codec.schedule_to_dict(sched))
         ),
-        "job": len(encode_command("enqueue_run", rid=uuid.uuid4().hex, run=codec.run_to_dict(run))),
+        "job": len(encode_command("enqueue_run", rid=uuid.uuid4().hex, run=run)),
     }
 
 

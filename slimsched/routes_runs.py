@@ -89,15 +89,10 @@ async def post_job(request: web.Request) -> web.Response:
         spec = jobconfig.merge(ctx.jobs.job(name), jobconfig.parse_overrides(body))
     adjusted(request, notes)
     run_id = ctx.new_id()
-    run = Run(
-        id=run_id,
-        job_name=name,
-        spec=spec,
-        status=RunStatus.QUEUED,
-        queued_at_ms=ctx.now_ms(),
-        kube_name=kube_job_name(name, run_id),
-    )
-    await submit(ctx, "enqueue_run", run=codec.run_to_dict(run))
+    # The command straight from its parts (no Run built here): the merged spec stays in it, so
+    # that every node records what this node decided, whatever its own jobs configuration.
+    run = codec.queued_run_command(run_id, name, spec, ctx.now_ms(), kube_job_name(name, run_id))
+    await submit(ctx, "enqueue_run", run=run)
     return json_reply({"Id": run_id}, 202)
 
 
