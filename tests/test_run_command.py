@@ -238,6 +238,55 @@ def test_compact_command_leaves_out_exactly_the_defaults() -> None:
     }
 
 
+# -- decoded specs remembered by their JSON --------------------------------------------------------
+
+
+def _decode_error(d: dict[str, Any]) -> str | None:
+    try:
+        codec.run_from_dict(d)
+    except Exception as e:  # apply turns any exception into its error result
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(run=runs, compact=st.booleans())
+def test_remembered_specs_decode_as_a_fresh_decoding(run: Run, compact: bool) -> None:
+    d = _wire(codec.run_to_dict(run))
+    if compact:
+        d["Spec"] = _wire(codec.spec_to_command(run.spec))
+    fresh = codec.spec_from_dict(d["Spec"])
+    first, again = codec.run_from_dict(d), codec.run_from_dict(_wire(d))
+    assert first == again == run and first.spec == fresh
+
+
+wrong_values = st.sampled_from([None, 1.5, True, "x", 7, [], {}, [1], {"a": 1}])
+
+
+@settings(max_examples=200, deadline=None)
+@given(spec=specs, field=st.sampled_from(list(codec.spec_to_dict(JobSpec(image="i")))), value=wrong_values)
+def test_a_malformed_spec_fails_the_same_way_every_time(spec: JobSpec, field: str, value: Any) -> None:
+    """Nothing malformed is remembered: the second decoding fails exactly as the first (the
+    message lands in the replicated results, which fingerprints compare)."""
+    d = _wire(codec.run_to_dict(Run("r", "j", spec, RunStatus.QUEUED, 1, "k")))
+    d["Spec"][field] = value
+    try:
+        codec.spec_from_dict(d["Spec"])
+    except Exception as e:  # apply turns any exception into its error result
+        expected: str | None = f"{type(e).__name__}: {e}"
+    else:
+        expected = None
+    assert _decode_error(d) == expected
+    assert _decode_error(d) == expected
+
+
+def test_the_memo_of_specs_is_bounded() -> None:
+    for i in range(codec.SPEC_MEMO_SIZE * 2 + 3):
+        spec = JobSpec(image="img:1", args=(str(i),))
+        assert codec.run_from_dict(_wire(codec.queued_run_command(f"r{i}", "j", spec, i, "k"))).spec == spec
+        assert len(codec._SPEC_MEMO) <= codec.SPEC_MEMO_SIZE
+
+
 # -- over a real 3-node cluster --------------------------------------------------------------------
 
 
