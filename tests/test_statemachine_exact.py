@@ -486,3 +486,228 @@ def test_copies_of_an_empty_state_and_of_a_staged_restore_are_independent() -> N
     copy.last_fired["b"] = 2
     copy.schedules["a"] = _schedule("a")
     assert staged.last_fired == {"a": 1} and staged.schedules == {}
+
+
+# --- trigger now and backfill, exactly -------------------------------------------------------------
+
+
+def _sched_run(rid: str, tick: int | None = None, **fields: object) -> Run:
+    run = Run(
+        id=rid,
+        job_name="fib",
+        spec=JobSpec(image="i"),
+        status=RunStatus.QUEUED,
+        queued_at_ms=3,
+        kube_name=f"k-{rid}",
+        schedule_id="s1",
+        tick=tick,
+    )
+    return replace(run, **fields)  # type: ignore[arg-type]
+
+
+def _trigger(state: State, run: Run, at: object = 61_500, job: str = "fib", sid: str = "s1") -> Result:
+    cmd = encode_command("trigger_schedule", job_name=job, schedule_id=sid, at=at, run=codec.run_to_dict(run))
+    return apply(state, cmd)
+
+
+def test_trigger_answers_refusals_and_its_ledger_line_exactly() -> None:
+    state = _with_schedule()
+    state.last_fired["s1"] = 60
+    before = statemachine.fingerprint(state)
+    assert _trigger(state, _sched_run("m1"), sid="s9") == Result("not_found", "no schedule s9 for job fib")
+    assert _trigger(state, _sched_run("m1"), at="61500") == Result("invalid", "at must be an integer")
+    belong = Result("invalid", "a triggered run must belong to the schedule's job and name the schedule")
+    assert _trigger(state, _sched_run("m1", job_name="daisy")) == belong
+    assert _trigger(state, _sched_run("m1", schedule_id="s2")) == belong
+    not_queued = Result("invalid", "a triggered run must be Queued and carry no cron tick")
+    assert _trigger(state, _sched_run("m1", status=RunStatus.PENDING)) == not_queued
+    assert _trigger(state, _sched_run("m1", tick=60)) == not_queued
+    assert statemachine.fingerprint(state) == before, "a refused trigger changes nothing"
+    assert _trigger(state, _sched_run("m1")) == Result("ok", value={"RunId": "m1", "Duplicate": False})
+    assert state.queue_of("fib") == [_sched_run("m1")] and state.last_fired == {"s1": 60}
+    line = state.ledger["s1"][-1]
+    assert (
+        line.tick,
+        line.outcome.value,
+        line.recorded_at_ms,
+        line.run_id,
+        line.lateness_ms,
+        line.reason,
+    ) == (
+        61,
+        "fired",
+        61_500,
+        "m1",
+        0,
+        statemachine.MANUAL_REASON,
+    )
+    assert _trigger(state, _sched_run("m1"), at=99_000) == Result(
+        "ok", value={"RunId": "m1", "Duplicate": True}
+    )
+    assert len(state.ledger["s1"]) == 1 and len(state.runs) == 1
+
+
+def _bf_state(created_at_s: int = 100) -> State:
+    state = State()
+    sched = Schedule(id="s1", job_name="fib", cron="* * * * *", created_at_ms=created_at_s * 1000 + 999)
+    assert apply(state, encode_command("create_schedule", schedule=codec.schedule_to_dict(sched))).ok
+    return state
+
+
+def _backfill(
+    state: State, ticks: object, policy: str = "Allow", at: object = 7_000, **extra: object
+) -> Result:
+    fields: dict[str, object] = {
+        "job_name": "fib",
+        "schedule_id": "s1",
+        "at": at,
+        "policy": policy,
+        "spec": codec.spec_to_dict(JobSpec(image="b")),
+        "ticks": ticks,
+        **extra,
+    }
+    return apply(state, encode_command("backfill", **fields))
+
+
+def _ticks(*ts: int) -> list[list[object]]:
+    return [[t, f"k{t}"] for t in ts]
+
+
+def _bf(fired: list[int], skipped: list[int], already: list[int], pending: list[int]) -> Result:
+    return Result(
+        "ok", value={"Fired": fired, "Skipped": skipped, "AlreadyFired": already, "NotYetHandled": pending}
+    )
+
+
+def test_backfill_refuses_malformed_ranges_exactly_and_changes_nothing() -> None:
+    state = _bf_state()
+    before = statemachine.fingerprint(state)
+    assert _backfill(state, _ticks(1), schedule_id="s9") == Result("not_found", "no schedule s9 for job fib")
+    at_ticks = Result("invalid", "at must be an integer and ticks a list")
+    assert _backfill(state, _ticks(1), at="7") == at_ticks
+    assert _backfill(state, {"1": "k"}) == at_ticks
+    n = statemachine.MAX_BACKFILL_TICKS
+    assert _backfill(state, _ticks(*range(n + 1))) == Result("invalid", f"a backfill holds at most {n} ticks")
+    assert _backfill(state, _ticks(*range(n))).ok, "exactly the maximum is accepted"
+    state = _bf_state()
+    pair = Result("invalid", "each backfill tick must be [tick, Job name]")
+    for bad in ([[1]], [[1, "k", 2]], [["1", "k"]], [[True, "k"]], [[1.0, "k"]], [[1, 2]], [1], ["k"]):
+        assert _backfill(state, [*_ticks(0), *bad]) == pair, bad
+    order = Result("invalid", "backfill ticks must be in increasing order")
+    assert _backfill(state, _ticks(2, 1)) == order
+    assert _backfill(state, _ticks(1, 3, 3)) == order
+    assert statemachine.fingerprint(state) == before
+
+
+def test_backfill_allow_fires_each_handled_tick_with_its_run_and_ledger_line() -> None:
+    state = _bf_state(created_at_s=100)  # never fired: handled up to its creation second
+    result = _backfill(state, _ticks(40, 100, 101), at=7_000)
+    assert result == _bf([40, 100], [], [], [101])
+    assert state.runs["s1-40"] == Run(
+        id="s1-40",
+        job_name="fib",
+        spec=JobSpec(image="b"),
+        status=RunStatus.QUEUED,
+        queued_at_ms=7_000,
+        kube_name="k40",
+        schedule_id="s1",
+        tick=40,
+    )
+    assert [r.id for r in state.queue_of("fib")] == ["s1-40", "s1-100"]
+    assert [
+        (t.tick, t.outcome.value, t.recorded_at_ms, t.run_id, t.lateness_ms, t.reason)
+        for t in state.ledger["s1"]
+    ] == [
+        (40, "fired", 7_000, "s1-40", None, statemachine.BACKFILL_REASON),
+        (100, "fired", 7_000, "s1-100", None, statemachine.BACKFILL_REASON),
+    ]
+    assert "s1" not in state.last_fired, "a backfill moves no cron tick"
+    state.last_fired["s1"] = 200
+    assert _backfill(state, _ticks(40, 150, 200, 201)) == _bf([150, 200], [], [40], [201])
+    empty = _bf_state()
+    assert _backfill(empty, _ticks(500)) == _bf([], [], [], [500])
+    assert empty.ledger == {} and empty.runs == {}, "nothing to record: no ledger"
+
+
+def test_backfill_knows_ticks_fired_by_cron_but_not_manual_runs() -> None:
+    state = _bf_state()
+    fire = encode_command(
+        "fire_tick",
+        schedule_id="s1",
+        tick=120,
+        at=120_000,
+        outcome="fired",
+        run=codec.run_to_dict(_sched_run("s1-120", tick=120)),
+    )
+    assert apply(state, fire).ok
+    assert apply(state, encode_command("cancel_run", job_name="fib", run_id="s1-120", at=1)).ok
+    state_store.drop_run(state, "s1-120")  # as if pruned: only the ledger remembers the tick
+    assert _trigger(state, _sched_run("m1"), at=60_000).ok  # a manual line at second 60
+    missed = encode_command("fire_tick", schedule_id="s1", tick=130, at=130_000, outcome="missed")
+    assert apply(state, missed).ok  # tick 130 missed: a backfill may still fire it
+    assert _backfill(state, _ticks(60, 120, 130)) == _bf([60, 130], [], [120], [])
+
+
+def test_backfill_forbid_fires_the_first_tick_unless_a_run_of_the_schedule_is_live() -> None:
+    state = _bf_state()
+    other = replace(_sched_run("o1"), schedule_id="s2")
+    assert apply(state, encode_command("enqueue_run", run=codec.run_to_dict(other))).ok
+    done = _sched_run("d1")
+    assert apply(state, encode_command("enqueue_run", run=codec.run_to_dict(done))).ok
+    assert apply(state, encode_command("cancel_run", job_name="fib", run_id="d1", at=1)).ok
+    assert _backfill(state, _ticks(10, 20, 30), policy="Forbid") == _bf([10], [20, 30], [], [])
+    reason = "backfill: Forbid: a run of the schedule is queued or active"
+    lines = [(t.tick, t.outcome.value, t.run_id, t.reason) for t in state.ledger["s1"]]
+    assert lines == [
+        (10, "fired", "s1-10", "backfill"),
+        (20, "skipped", None, reason),
+        (30, "skipped", None, reason),
+    ]
+    assert _backfill(state, _ticks(40, 50), policy="Forbid") == _bf([], [40, 50], [], [])
+    assert state.ledger["s1"][-1].recorded_at_ms == 7_000
+
+
+def test_backfill_replace_cancels_the_live_runs_of_the_schedule_and_fires_the_last_tick() -> None:
+    state = _bf_state()
+    live, other = _sched_run("m1"), replace(_sched_run("o1"), schedule_id="s2")
+    done = _sched_run("d1")
+    for run in (live, other, done):
+        assert apply(state, encode_command("enqueue_run", run=codec.run_to_dict(run))).ok
+    assert apply(state, encode_command("cancel_run", job_name="fib", run_id="d1", at=1)).ok
+    assert _backfill(state, _ticks(10, 20, 30), policy="Replace", at=9_000) == _bf([30], [10, 20], [], [])
+    canceled = state.runs["m1"]
+    assert (canceled.status, canceled.finished_at_ms, canceled.reason) == (
+        RunStatus.CANCELED,
+        9_000,
+        "Replaced",
+    )
+    assert state.runs["o1"].status is RunStatus.QUEUED, "another schedule's run is left alone"
+    assert state.runs["d1"].finished_at_ms == 1 and state.runs["d1"].reason == "DeletedByApi"
+    assert [r.id for r in state.queue_of("fib")] == ["o1", "s1-30"]
+    assert state.finished == {"fib": 2}
+    reason = "backfill: Replace: superseded by a later backfilled tick"
+    assert [(t.tick, t.outcome.value, t.reason) for t in state.ledger["s1"]] == [
+        (10, "skipped", reason),
+        (20, "skipped", reason),
+        (30, "fired", "backfill"),
+    ]
+    nothing = _bf_state()
+    assert apply(nothing, encode_command("enqueue_run", run=codec.run_to_dict(live))).ok
+    assert _backfill(nothing, _ticks(500), policy="Replace") == _bf([], [], [], [500])
+    assert nothing.runs["m1"].status is RunStatus.QUEUED, "nothing fired: nothing replaced"
+
+
+def test_backfill_keeps_the_newest_ledger_lines_and_prunes_finished_runs() -> None:
+    state = _bf_state(created_at_s=10**6)
+    limit = statemachine.LEDGER_PER_SCHEDULE
+    assert _backfill(state, _ticks(*range(limit + 5)), policy="Forbid").ok
+    assert [t.tick for t in state.ledger["s1"]] == list(range(5, limit + 5))
+    job = _bf_state()
+    keep = statemachine.FINISHED_RUNS_PER_JOB
+    for i in range(keep):
+        run = replace(_sched_run(f"d{i}"), schedule_id=None)
+        assert apply(job, encode_command("enqueue_run", run=codec.run_to_dict(run))).ok
+        assert apply(job, encode_command("cancel_run", job_name="fib", run_id=f"d{i}", at=1)).ok
+    assert apply(job, encode_command("enqueue_run", run=codec.run_to_dict(_sched_run("m1")))).ok
+    assert _backfill(job, _ticks(10), policy="Replace").ok
+    assert job.finished == {"fib": keep} and "d0" not in job.runs and "m1" in job.runs
