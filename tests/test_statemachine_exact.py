@@ -87,6 +87,11 @@ def test_pause_and_resume_answers_and_what_a_resume_owes() -> None:
         fresh, encode_command("set_paused", job_name="fib", schedule_id="s1", paused=False, at=42_000)
     ).ok
     assert fresh.last_fired == {"s1": 42}
+    epoch = _with_schedule(paused=True)
+    resume = encode_command("set_paused", job_name="fib", schedule_id="s1", paused=False, at=999)
+    assert apply(epoch, resume).ok and epoch.last_fired == {"s1": 0}
+    one = encode_command("fire_tick", schedule_id="s1", tick=1, at=1_000, outcome="missed")
+    assert apply(epoch, one).ok, "a tick after the resume second is owed"
 
 
 def test_delete_drops_the_schedule_its_ticks_and_its_index() -> None:
@@ -545,6 +550,8 @@ def test_trigger_answers_refusals_and_its_ledger_line_exactly() -> None:
         "ok", value={"RunId": "m1", "Duplicate": True}
     )
     assert len(state.ledger["s1"]) == 1 and len(state.runs) == 1
+    assert _trigger(state, _sched_run("m2"), at=1_700_000_000_999).ok
+    assert state.ledger["s1"][-1].tick == 1_700_000_000, "a manual line is at the trigger's second"
 
 
 def _bf_state(created_at_s: int = 100) -> State:
@@ -646,6 +653,31 @@ def test_backfill_knows_ticks_fired_by_cron_but_not_manual_runs() -> None:
     missed = encode_command("fire_tick", schedule_id="s1", tick=130, at=130_000, outcome="missed")
     assert apply(state, missed).ok  # tick 130 missed: a backfill may still fire it
     assert _backfill(state, _ticks(60, 120, 130)) == _bf([60, 130], [], [120], [])
+    assert [(t.tick, t.outcome.value, t.reason) for t in state.ledger["s1"]] == [
+        (120, "fired", None),
+        (60, "fired", statemachine.MANUAL_REASON),
+        (130, "missed", None),
+        (60, "fired", statemachine.BACKFILL_REASON),
+        (130, "fired", statemachine.BACKFILL_REASON),
+    ], "a backfill appends to the schedule's ledger"
+    fire = encode_command(
+        "fire_tick",
+        schedule_id="s1",
+        tick=140,
+        at=140_000,
+        outcome="fired",
+        run=codec.run_to_dict(_sched_run("s1-140", tick=140)),
+    )
+    assert apply(state, fire).ok
+    assert _backfill(state, _ticks(140)) == _bf([], [], [140], []), "the last handled tick is fired once"
+
+
+def test_backfill_of_a_schedule_never_fired_counts_from_its_creation_second() -> None:
+    created = 1_700_000_000
+    state = _bf_state(created_at_s=created)
+    assert _backfill(state, _ticks(created - 60, created, created + 1)) == _bf(
+        [created - 60, created], [], [], [created + 1]
+    )
 
 
 def test_backfill_forbid_fires_the_first_tick_unless_a_run_of_the_schedule_is_live() -> None:
