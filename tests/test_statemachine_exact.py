@@ -743,3 +743,88 @@ def test_backfill_keeps_the_newest_ledger_lines_and_prunes_finished_runs() -> No
     assert apply(job, encode_command("enqueue_run", run=codec.run_to_dict(_sched_run("m1")))).ok
     assert _backfill(job, _ticks(10), policy="Replace").ok
     assert job.finished == {"fib": keep} and "d0" not in job.runs and "m1" in job.runs
+
+
+# --- the front door: decoding, versions, levels, request ids, batches -------------------------------
+
+
+def test_apply_refuses_what_is_not_a_command_exactly() -> None:
+    state = State()
+    assert statemachine.apply_entry(state, b"{") == statemachine.Applied(
+        Result("invalid", "command is not JSON"), ()
+    )
+    assert apply(state, b"[1]") == Result("invalid", "command is not an object")
+    assert apply(state, orjson.dumps({"type": "barrier"})) == Result(
+        "invalid", "unsupported command version None"
+    )
+    assert apply(state, orjson.dumps({"v": 2, "type": "barrier"})) == Result(
+        "invalid", "unsupported command version 2"
+    )
+    assert apply(state, encode_command("nope")) == Result("invalid", "unknown command type 'nope'")
+    assert apply(state, encode_command("barrier", rid=5)) == Result("invalid", "rid must be a string")
+    broken = apply(state, encode_command("delete_schedule", job_name="fib"))
+    assert broken == Result("invalid", "malformed delete_schedule command: KeyError: 'schedule_id'")
+    assert state == State(), "nothing refused was applied or remembered"
+
+
+def test_a_command_type_applies_from_its_level_on() -> None:
+    hello = encode_command("hello", node="n:1", level=2)
+    state = State()
+    assert apply(state, hello, level=1) == Result("invalid", "unknown command type 'hello'")
+    assert apply(state, hello, level=2) == statemachine.OK and state.levels == {"n:1": 2}
+    batch = encode_batch([encode_command("barrier")])
+    assert apply(state, batch, level=1) == Result("invalid", "unknown command type 'batch'")
+    assert apply(state, batch, level=2) == Result("ok", value={"Results": [statemachine.OK]})
+    part = encode_command("restore_part", restore="r", part=0, parts=2, schedules=[])
+    assert apply(state, part, level=2).message == "unknown command type 'restore_part'"
+    assert apply(state, part, level=3) == statemachine.OK
+
+
+def test_a_request_id_answers_its_first_result_within_the_window_only() -> None:
+    state = State()
+    first = encode_command("hello", node="n:1", level=2, rid="a")
+    assert apply(state, first) == statemachine.OK
+    refused = encode_command("hello", node="", level=2, rid="b")
+    bad = Result("invalid", "hello needs a node address and a level >= 1")
+    assert apply(state, refused) == bad and state.recent["b"] == bad, "a refusal is remembered too"
+    state.levels.clear()
+    assert apply(state, first) == statemachine.OK and state.levels == {}, "a retry is not applied again"
+    window = statemachine.RECENT_REQUESTS
+    for i in range(window - 1):
+        state.recent[f"x{i}"] = statemachine.OK
+    assert len(state.recent) == window + 1
+    assert apply(state, encode_command("barrier", rid="last")) == statemachine.OK
+    assert len(state.recent) == window and "a" not in state.recent and "b" not in state.recent
+    assert list(state.recent)[-1] == "last", "the oldest requests are forgotten first"
+    assert apply(state, first) == statemachine.OK and state.levels == {"n:1": 2}, "forgotten: applied again"
+
+
+def test_a_batch_is_refused_whole_or_applied_command_by_command_exactly() -> None:
+    state = State()
+    wrong = Result("invalid", "a batch needs version 1 and a list of commands")
+    for doc in ({"v": 2, "type": "batch", "commands": []}, {"v": 1, "type": "batch", "commands": {}}):
+        assert statemachine.apply_entry(state, orjson.dumps(doc)) == statemachine.Applied(wrong, ())
+    barrier = encode_command("barrier")
+    limit = statemachine.MAX_BATCH_COMMANDS
+    too_many = statemachine.apply_entry(state, encode_batch([barrier] * (limit + 1)))
+    assert too_many == statemachine.Applied(Result("invalid", f"a batch holds at most {limit} commands"), ())
+    full = apply(state, encode_batch([barrier] * limit))
+    assert full == Result("ok", value={"Results": [statemachine.OK] * limit})
+    nested = encode_batch([encode_batch([barrier]), b"7", barrier])
+    entry = statemachine.apply_entry(state, nested)
+    results = [
+        Result("invalid", "a batch cannot hold a batch"),
+        Result("invalid", "command is not an object"),
+        statemachine.OK,
+    ]
+    assert entry.result == Result("ok", value={"Results": results})
+    assert [c for c, _ in entry.commands] == [
+        {"v": 1, "type": "batch", "commands": [{"v": 1, "type": "barrier"}]},
+        7,
+        {"v": 1, "type": "barrier"},
+    ]
+    assert [r for _, r in entry.commands] == results
+    assert statemachine.batch_results(nested, entry.result) == results
+    single = statemachine.apply_entry(state, barrier)
+    assert single == statemachine.Applied(statemachine.OK, (({"v": 1, "type": "barrier"}, statemachine.OK),))
+    assert statemachine.replay([barrier, encode_command("hello", node="n", level=3)]).levels == {"n": 3}
