@@ -6,9 +6,12 @@ errors); mutation testing found several unchecked (bench/RESULTS.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from slimsched import jsonfields, overrides
+from slimsched.errors import BadRequest
 from slimsched.jobtypes import JobConfig
 from slimsched.model import JobOverrides, Resources, Volume, VolumeKind, VolumeMount
 
@@ -139,3 +142,74 @@ def test_volume_refusals_name_the_declared_volumes_and_the_read_only_rule() -> N
         "the job configuration mounts 'data' at '/data' read-only; a request may make a mount read-only, "
         "never writable, so set ReadOnly to true",
     )
+
+
+def _bad_request(read: Callable[[], object]) -> tuple[str, str]:
+    with pytest.raises(BadRequest) as err:
+        read()
+    return err.value.code, err.value.message
+
+
+def test_request_refusals_say_where_and_what_exactly() -> None:
+    assert _bad_request(lambda: overrides.parse_overrides([1], where="Jobs.fib")) == (
+        "invalid_body",
+        "Jobs.fib: the request body must be a JSON object, not a list.",
+    )
+    assert _bad_request(lambda: overrides.parse_overrides({"Volumes": []}, where="Jobs.fib")) == (
+        "volume_not_allowed",
+        "Jobs.fib.Volumes: a request cannot define volumes; list in VolumeMounts the mounts of the job "
+        "configuration it wants, and the Job gets the configured volumes they use.",
+    )
+    too_long = 2**63
+    assert _bad_request(lambda: overrides.parse_overrides({"ActiveDeadlineSeconds": too_long})) == (
+        "invalid_field",
+        f"ActiveDeadlineSeconds: expected at most {too_long - 1}, got {too_long}.",
+    )
+    schedule = {"Schedule": "* * * * *", "StartingDeadlineSeconds": too_long}
+    assert _bad_request(lambda: overrides.parse_schedule_request(schedule)) == (
+        "invalid_field",
+        f"StartingDeadlineSeconds: expected at most {too_long - 1}, got {too_long}.",
+    )
+    with jsonfields.collecting() as notes:
+        overrides.parse_overrides({"Image": "a", "Nope": 1}, where="Jobs.fib")
+    assert [(n.code, n.path, n.detail) for n in notes] == [
+        ("unknown_field", "Jobs.fib.Nope", "unknown field, ignored")
+    ]
+
+
+def test_the_smallest_values_a_request_may_ask_for_are_accepted() -> None:
+    smallest = {"TtlSecondsAfterFinished": 0, "ActiveDeadlineSeconds": 1, "Parallelism": 1, "Completions": 1}
+    assert overrides.parse_overrides({**smallest, "BackoffLimit": 0}) == JobOverrides(
+        backoff_limit=0, ttl_seconds_after_finished=0, active_deadline_seconds=1, parallelism=1, completions=1
+    )
+    largest = overrides.parse_overrides({"ActiveDeadlineSeconds": 2**63 - 1})
+    assert largest.active_deadline_seconds == 2**63 - 1
+
+
+def test_stored_overrides_out_of_range_are_refused_by_their_field_name() -> None:
+    config = JobConfig(image="a:1")
+    assert _refusal(config, JobOverrides(backoff_limit=-1)) == (
+        "invalid_field",
+        "BackoffLimit",
+        "expected a non-negative integer, got -1",
+    )
+    assert _refusal(config, JobOverrides(ttl_seconds_after_finished=-1)) == (
+        "invalid_field",
+        "TtlSecondsAfterFinished",
+        "expected a non-negative integer, got -1",
+    )
+
+
+def test_an_active_deadline_is_capped_with_a_note_above_the_configured_one_only() -> None:
+    config = JobConfig(image="a:1", active_deadline_seconds=60)
+    with jsonfields.collecting() as notes:
+        at_bound = overrides.merge_or_invalid(config, JobOverrides(active_deadline_seconds=60))
+    assert (at_bound.active_deadline_seconds, notes) == (60, [])
+    with jsonfields.collecting() as notes:
+        over = overrides.merge_or_invalid(config, JobOverrides(active_deadline_seconds=61))
+    assert over.active_deadline_seconds == 60
+    assert [(n.code, n.path, n.detail) for n in notes] == [
+        ("capped", "ActiveDeadlineSeconds", "61 capped to the 60 the job configuration allows")
+    ]
+    unbounded = overrides.merge_or_invalid(JobConfig(image="a:1"), JobOverrides(active_deadline_seconds=61))
+    assert unbounded.active_deadline_seconds == 61

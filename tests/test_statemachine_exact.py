@@ -771,6 +771,7 @@ def test_a_command_type_applies_from_its_level_on() -> None:
     hello = encode_command("hello", node="n:1", level=2)
     state = State()
     assert apply(state, hello, level=1) == Result("invalid", "unknown command type 'hello'")
+    assert apply(state, encode_command("barrier"), level=1) == statemachine.OK, "level 1 had barrier"
     assert apply(state, hello, level=2) == statemachine.OK and state.levels == {"n:1": 2}
     batch = encode_batch([encode_command("barrier")])
     assert apply(state, batch, level=1) == Result("invalid", "unknown command type 'batch'")
