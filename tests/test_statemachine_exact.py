@@ -790,7 +790,7 @@ def test_a_request_id_answers_its_first_result_within_the_window_only() -> None:
     assert apply(state, refused) == bad and state.recent["b"] == bad, "a refusal is remembered too"
     state.levels.clear()
     assert apply(state, first) == statemachine.OK and state.levels == {}, "a retry is not applied again"
-    window = statemachine.RECENT_REQUESTS
+    window = state_store.RECENT_REQUESTS
     for i in range(window - 1):
         state.recent[f"x{i}"] = statemachine.OK
     assert len(state.recent) == window + 1
