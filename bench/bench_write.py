@@ -9,7 +9,8 @@ with the same ``SyncObjConf`` as ``slimsched/raft.py`` whose clients, in the lea
 commit payloads of the same size as slimsched's command, with the same concurrency.
 
 Run: ``.venv/bin/python -m bench.bench_write [--seconds 5] [--client lean|aiohttp]
-[--endpoints schedule,job]``
+[--endpoints schedule,job] [--interleave]`` (``--interleave``: the anchor's row right before each
+slimsched row, for a machine whose load moves during the run).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -256,54 +257,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--endpoints", default="schedule,job", help="comma-separated subset of: schedule, job"
     )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="measure the raw anchor right before each row (both clusters up throughout) instead of "
+        "all raw rows first: on a shared machine whose load moves, each ratio compares adjacent seconds",
+    )
     args = parser.parse_args(argv)
     sizes = {k: v for k, v in command_sizes().items() if k in args.endpoints.split(",")}
     say(f"Raft command sizes (bytes): {sizes}")
 
-    raw: dict[tuple[str, int], Figures] = {}
-    say("raw pysyncobj anchor ...")
-    with raw_cluster() as leader_node:
-        for endpoint, size in sizes.items():
-            for clients in CLIENTS:
-                raw[(endpoint, clients)] = raw_load(leader_node, clients, args.seconds, size)
-                f = raw[(endpoint, clients)]
-                say(f"  raw {endpoint} {size} B x{clients}: {f.throughput:.0f}/s p99 {ms(f.p99)} ms")
+    def measure_raw(leader_node: RawNode, endpoint: str, clients: int) -> Figures:
+        f = raw_load(leader_node, clients, args.seconds, sizes[endpoint])
+        say(f"  raw {endpoint} {sizes[endpoint]} B x{clients}: {f.throughput:.0f}/s p99 {ms(f.p99)} ms")
+        return f
 
-    rows: list[list[object]] = []
-    for endpoint in sizes:
-        # A fresh cluster per endpoint, so that the state each one grows does not weigh on the other.
-        with cluster() as c:
-            leader = c.wait_leader()
-            for spread in (False, True):
+    raw: dict[tuple[str, int], Figures] = {}
+    with contextlib.ExitStack() as stack:
+        raw_leader = stack.enter_context(raw_cluster())
+        if not args.interleave:
+            say("raw pysyncobj anchor ...")
+            for endpoint in sizes:
                 for clients in CLIENTS:
-                    say(f"slimsched {endpoint} spread={spread} x{clients} ...")
-                    f = slimsched_load(c, leader, endpoint, spread, clients, args.seconds, args.client)
-                    r = raw[(endpoint, clients)]
-                    others = sum(v for k, v in f.cpu.items() if k.startswith("follower"))
-                    rows.append(
-                        [
-                            f"POST /{'job-schedules' if endpoint == 'schedule' else 'job'}/{{name}}",
-                            "3 nodes" if spread else "leader",
-                            clients,
-                            f"{f.throughput:.0f}",
-                            ms(f.p50),
-                            ms(f.p99),
-                            f.errors,
-                            f"{r.throughput:.0f}",
-                            ms(r.p50),
-                            ms(r.p99),
-                            f"{f.throughput / r.throughput:.2f}",
-                            f"{f.cpu['leader'] * 100:.0f}",
-                            f"{others * 100:.0f}",
-                            f"{f.cpu['client'] * 100:.0f}",
-                        ]
-                    )
-                    say("  " + " | ".join(str(x) for x in rows[-1]))
-            sched_count = c.status(leader)
-            say(f"  state after the {endpoint} rows: {sched_count}")
+                    raw[(endpoint, clients)] = measure_raw(raw_leader, endpoint, clients)
+            stack.close()
+        rows = _slimsched_rows(args, sizes, raw, lambda e, n: measure_raw(raw_leader, e, n))
     print(
         f"\nRaft command bytes: {sizes}; {args.seconds:g} s measured per row after 1 s of warm-up; "
-        f"2-core machine, clients in the bench process ({args.client} client).\n"
+        f"2-core machine, clients in the bench process ({args.client} client"
+        f"{'; raw anchor measured right before each row' if args.interleave else ''}).\n"
     )
     print(
         table(
@@ -326,6 +308,47 @@ def main(argv: list[str] | None = None) -> None:
             rows,
         )
     )
+
+
+def _slimsched_rows(
+    args: argparse.Namespace,
+    sizes: dict[str, int],
+    raw: dict[tuple[str, int], Figures],
+    measure_raw: Callable[[str, int], Figures],
+) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for endpoint in sizes:
+        # A fresh cluster per endpoint, so that the state each one grows does not weigh on the other.
+        with cluster() as c:
+            leader = c.wait_leader()
+            for spread in (False, True):
+                for clients in CLIENTS:
+                    r = measure_raw(endpoint, clients) if args.interleave else raw[(endpoint, clients)]
+                    say(f"slimsched {endpoint} spread={spread} x{clients} ...")
+                    f = slimsched_load(c, leader, endpoint, spread, clients, args.seconds, args.client)
+                    others = sum(v for k, v in f.cpu.items() if k.startswith("follower"))
+                    rows.append(
+                        [
+                            f"POST /{'job-schedules' if endpoint == 'schedule' else 'job'}/{{name}}",
+                            "3 nodes" if spread else "leader",
+                            clients,
+                            f"{f.throughput:.0f}",
+                            ms(f.p50),
+                            ms(f.p99),
+                            f.errors,
+                            f"{r.throughput:.0f}",
+                            ms(r.p50),
+                            ms(r.p99),
+                            f"{f.throughput / r.throughput:.2f}",
+                            f"{f.cpu['leader'] * 100:.0f}",
+                            f"{others * 100:.0f}",
+                            f"{f.cpu['client'] * 100:.0f}",
+                        ]
+                    )
+                    say("  " + " | ".join(str(x) for x in rows[-1]))
+            sched_count = c.status(leader)
+            say(f"  state after the {endpoint} rows: {sched_count}")
+    return rows
 
 
 if __name__ == "__main__":
