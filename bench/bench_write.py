@@ -9,8 +9,9 @@ with the same ``SyncObjConf`` as ``slimsched/raft.py`` whose clients, in the lea
 commit payloads of the same size as slimsched's command, with the same concurrency.
 
 Run: ``.venv/bin/python -m bench.bench_write [--seconds 5] [--client lean|aiohttp]
-[--endpoints schedule,job] [--interleave]`` (``--interleave``: the anchor's row right before each
-slimsched row, for a machine whose load moves during the run).
+[--endpoints schedule,job] [--interleave] [--pure]`` (``--interleave``: the anchor's row right
+before each slimsched row, for a machine whose load moves during the run; ``--pure``: the
+leader's own CPU per request only, in this process, comparable across trees put first on the path).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
+import timeit
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
@@ -44,35 +46,106 @@ from bench._common import (
     say,
     table,
 )
-from slimsched import codec, jobconfig
+from slimsched import codec, cronplan, ids, jobconfig
 from slimsched.jobmanifest import kube_job_name
+from slimsched.jsonfields import collecting
 from slimsched.localcluster import LocalCluster, free_ports
-from slimsched.statemachine import encode_command
+from slimsched.model import Run, RunStatus
+from slimsched.statemachine import State, apply, encode_command
 
 CLIENTS = (1, 24, 64)
 SCHEDULE_BODY = {"Schedule": "0 0 * * *", "Args": ["42"]}
 JOB_BODY = {"Args": ["42"]}
 
 
+def _enqueue_command(jobs: jobconfig.JobsConfiguration, body: Any, now_ms: int) -> bytes:
+    """The ``enqueue_run`` command POST /job proposes for ``body`` (as routes_runs builds it).
+
+    An older tree (``--pure`` run with it first on the path) has no ``queued_run_command``: its
+    handler encoded a whole Run, which is what this does then.
+    """
+    spec = jobconfig.merge(jobs.job(BENCH_JOB), jobconfig.parse_overrides(body))
+    run_id = ids.new_id()
+    compact = getattr(codec, "queued_run_command", None)
+    if compact is not None:
+        run = compact(run_id, BENCH_JOB, spec, now_ms, kube_job_name(BENCH_JOB, run_id))
+    else:
+        run = codec.run_to_dict(
+            Run(run_id, BENCH_JOB, spec, RunStatus.QUEUED, now_ms, kube_job_name(BENCH_JOB, run_id))
+        )
+    return encode_command("enqueue_run", rid=ids.new_id(), run=run)
+
+
+def _schedule_command(jobs: jobconfig.JobsConfiguration, body: Any, now_ms: int) -> bytes:
+    """The ``create_schedule`` command POST /job-schedules proposes (as routes_schedules builds it)."""
+    req = jobconfig.parse_schedule_request(body)
+    cronplan.validate(req.schedule, req.time_zone)
+    jobconfig.merge(jobs.job(BENCH_JOB), req.overrides)
+    schedule = req.to_schedule(id=ids.new_id(), job_name=BENCH_JOB, created_at_ms=now_ms)
+    return encode_command("create_schedule", rid=ids.new_id(), schedule=codec.schedule_to_dict(schedule))
+
+
 def command_sizes() -> dict[str, int]:
     """Bytes of the Raft command each endpoint proposes for the bodies above (as the routes build it)."""
     jobs = jobconfig.parse_jobs_configuration(BENCH_JOBS_CONFIGURATION)
-    req = jobconfig.parse_schedule_request(SCHEDULE_BODY)
-    sched = req.to_schedule(id=uuid.uuid4().hex, job_name=BENCH_JOB, created_at_ms=int(time.time() * 1000))
-    run_id = uuid.uuid4().hex
-    run = codec.queued_run_command(
-        run_id,
-        BENCH_JOB,
-        jobconfig.merge(jobs.job(BENCH_JOB), jobconfig.parse_overrides(JOB_BODY)),
-        int(time.time() * 1000),
-        kube_job_name(BENCH_JOB, run_id),
-    )
+    now_ms = int(time.time() * 1000)
     return {
-        "schedule": len(
-            encode_command("create_schedule", rid=uuid.uuid4().hex, schedule=codec.schedule_to_dict(sched))
-        ),
-        "job": len(encode_command("enqueue_run", rid=uuid.uuid4().hex, run=run)),
+        "schedule": len(_schedule_command(jobs, SCHEDULE_BODY, now_ms)),
+        "job": len(_enqueue_command(jobs, JOB_BODY, now_ms)),
     }
+
+
+def _encode_all(items: list[Any], encode: Callable[[Any], Any]) -> bytes:
+    return orjson.dumps([encode(x) for x in items])
+
+
+def pure_costs(rounds: int = 7, n: int = 5000) -> list[list[object]]:
+    """The leader's own work per request of each endpoint, without HTTP or Raft: CPU microseconds
+    (``process_time``, so that other processes on a shared machine do not count), best of
+    ``rounds``. The handler's steps (parse the body, merge, build and encode the command) as the
+    route takes them; ``apply`` of ``n`` such commands into a fresh state, as every node does; and
+    the snapshot encoding of one stored item, which every Raft snapshot does for every item."""
+    jobs = jobconfig.parse_jobs_configuration(BENCH_JOBS_CONFIGURATION)
+    now_ms = int(time.time() * 1000)
+    steps: dict[str, tuple[Callable[[], bytes], Callable[[State], list[Any]], Callable[[Any], Any]]] = {
+        "POST /job-schedules/{name}": (
+            lambda: _schedule_command(jobs, orjson.loads(orjson.dumps(SCHEDULE_BODY)), now_ms),
+            lambda st: list(st.schedules.values()),
+            codec.schedule_to_dict,
+        ),
+        "POST /job/{name}": (
+            lambda: _enqueue_command(jobs, orjson.loads(orjson.dumps(JOB_BODY)), now_ms),
+            lambda st: list(st.runs.values()),
+            codec.run_to_dict,
+        ),
+    }
+    rows: list[list[object]] = []
+    for endpoint, (handler, stored, encode) in steps.items():
+        with collecting():
+            build = min(timeit.repeat(handler, number=n, repeat=rounds, timer=time.process_time)) / n
+            apply_s: list[float] = []
+            for _ in range(rounds):
+                payloads = [handler() for _ in range(n)]
+                state = State()
+                t0 = time.process_time()
+                for p in payloads:
+                    apply(state, p)
+                apply_s.append((time.process_time() - t0) / n)
+
+        items = stored(state)
+        snapshot = functools.partial(_encode_all, items, encode)
+        snap = min(timeit.repeat(snapshot, number=1, repeat=rounds, timer=time.process_time)) / len(items)
+        rows.append(
+            [
+                endpoint,
+                len(payloads[0]),
+                f"{build * 1e6:.1f}",
+                f"{min(apply_s) * 1e6:.1f}",
+                f"{snap * 1e6:.2f}",
+                len(_encode_all(items, encode)) // len(items),
+            ]
+        )
+    return rows
 
 
 # -- raw pysyncobj anchor --------------------------------------------------------------------------
@@ -263,7 +336,20 @@ def main(argv: list[str] | None = None) -> None:
         help="measure the raw anchor right before each row (both clusters up throughout) instead of "
         "all raw rows first: on a shared machine whose load moves, each ratio compares adjacent seconds",
     )
+    parser.add_argument(
+        "--pure",
+        action="store_true",
+        help="only the leader's own CPU per request (handler, apply, snapshot encoding), no cluster",
+    )
     args = parser.parse_args(argv)
+    if args.pure:
+        print(
+            table(
+                ["endpoint", "command B", "handler us", "apply us", "snapshot us/item", "snapshot B/item"],
+                pure_costs(),
+            )
+        )
+        return
     sizes = {k: v for k, v in command_sizes().items() if k in args.endpoints.split(",")}
     say(f"Raft command sizes (bytes): {sizes}")
 
