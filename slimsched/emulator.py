@@ -29,10 +29,12 @@ from aiohttp import web
 from slimsched.emulator_hooks import add_hook_routes
 from slimsched.emulator_http import (
     API_MEDIA_TYPES,
+    BadContinue,
     accepts_api_media_type,
     json_response,
     list_response,
     not_found,
+    page,
     read_object,
     status,
 )
@@ -45,6 +47,9 @@ STOP_DEADLINE_SECONDS = 2.0
 FOLLOW_LIMIT_SECONDS = 600.0
 FOLLOW_WAKE_SECONDS = 1.0
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# kube-apiserver's limit on a request's line and headers (Go's http.Server.MaxHeaderBytes): a
+# label selector naming a hundred runs makes a URL of ~7 KiB, near aiohttp's default of 8190.
+MAX_HEADER_BYTES = 1 << 20
 
 
 class Emulator(SimCluster):
@@ -76,7 +81,13 @@ class Emulator(SimCluster):
         if self._runner is not None:
             raise RuntimeError("emulator already started")
         self._stopping = False
-        runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=STOP_DEADLINE_SECONDS)
+        runner = web.AppRunner(
+            self._app(),
+            access_log=None,
+            shutdown_timeout=STOP_DEADLINE_SECONDS,
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -233,7 +244,14 @@ class Emulator(SimCluster):
             for (obj_ns, _), obj in objects
             if obj_ns == ns and selector_matches(obj["metadata"].get("labels") or {}, reqs)
         ]
-        return list_response(kind, api_version, items, next(self._rv))
+        try:
+            query = request.query
+            items, metadata = page(
+                items, query.get("limit"), query.get("continue"), next(self._rv), selected=bool(reqs)
+            )
+        except BadContinue as e:
+            return status(400, "BadRequest", str(e))
+        return list_response(kind, api_version, items, metadata)
 
     async def _h_pod_log(self, request: web.Request) -> web.StreamResponse:
         ns, name = request.match_info["ns"], request.match_info["name"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 import orjson
@@ -47,10 +49,46 @@ def not_found(resource: str, name: str) -> web.Response:
     return status(404, "NotFound", f'{resource} "{name}" not found', details)
 
 
-def list_response(kind: str, api_version: str, items: list[dict[str, Any]], rv: int) -> web.Response:
-    return json_response(
-        {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(rv)}, "items": items}
-    )
+class BadContinue(ValueError):
+    """A ``continue`` token this server did not give."""
+
+
+def page(
+    items: list[dict[str, Any]], limit: str | None, token: str | None, rv: int, *, selected: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One page of a list as kube-apiserver serves it, with its list metadata.
+
+    Items come in key order (by name within a namespace); with ``limit`` at most that many,
+    and a ``continue`` token (opaque to clients) when more follow, plus ``remainingItemCount``
+    unless the list was ``selected`` by a label selector (the server cannot count those).
+    Unlike the real server, a continued page reads the current objects, not the first page's
+    snapshot: the client's part (following tokens to the end) is the same.
+    """
+    ordered = sorted(items, key=lambda o: str(o["metadata"].get("name", "")))
+    if token:
+        try:
+            start = orjson.loads(base64.urlsafe_b64decode(token.encode()))["start"]
+        except (binascii.Error, ValueError, KeyError, TypeError) as e:
+            raise BadContinue(f"continue key is not valid: {token!r}") from e
+        ordered = [o for o in ordered if str(o["metadata"].get("name", "")) > str(start)]
+    metadata: dict[str, Any] = {"resourceVersion": str(rv)}
+    try:
+        size = int(limit) if limit else 0
+    except ValueError:
+        size = 0  # kube-apiserver ignores a limit that is not a positive integer
+    if 0 < size < len(ordered):
+        last = str(ordered[size - 1]["metadata"].get("name", ""))
+        metadata["continue"] = base64.urlsafe_b64encode(orjson.dumps({"rv": rv, "start": last})).decode()
+        if not selected:
+            metadata["remainingItemCount"] = len(ordered) - size
+        ordered = ordered[:size]
+    return ordered, metadata
+
+
+def list_response(
+    kind: str, api_version: str, items: list[dict[str, Any]], metadata: dict[str, Any]
+) -> web.Response:
+    return json_response({"kind": kind, "apiVersion": api_version, "metadata": metadata, "items": items})
 
 
 async def read_object(request: web.Request) -> Any:

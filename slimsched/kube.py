@@ -12,27 +12,22 @@ exactly what a cluster or the emulator sent. Client exceptions become ``KubeErro
 HTTP status when there is one); the outcomes that dispatching treats as normal (409 on create,
 404 on get/delete) are answered as values instead.
 
-The one hot call, creating a Job (a burst of hundreds at second 0 of a busy minute), leaves the
-client's request path (issue 18, decision 1): through the thread pool, ``call_api`` and urllib3 it
-cost 0.7-0.9 ms of CPU per create, and the GIL it holds is the leader's. ``_FastCreate`` POSTs an
-orjson body over aiohttp's keep-alive connections on the event loop itself, with everything else
-taken from the client's ``Configuration``: host, TLS (CA file or data, client certificate,
-``verify_ssl``, ``assert_hostname``, ``tls_server_name``) and the Authorization header, read
-through ``auth_settings()`` so that the refresh hook (an in-cluster token that rotates, an exec
-plugin) keeps working. A configuration with an HTTP proxy keeps the client's path.
+The hot calls leave the client's request path (issue 18): creating a Job (a burst of hundreds at
+second 0 of a busy minute) and the list pages of the leader's status poll (thousands of Jobs alive
+until their TTL) go through ``kubelean.LeanTransport``, aiohttp on the event loop with everything
+taken from the client's ``Configuration``. A configuration with an HTTP proxy keeps the client's
+path for them too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import aiohttp
 import orjson
 import urllib3
 from kubernetes import client as k8s
@@ -42,17 +37,15 @@ from kubernetes.client.rest import should_bypass_proxies
 from kubernetes.config.config_exception import ConfigException
 
 from slimsched.errors import KubeError
+from slimsched.kubelean import REQUEST_TIMEOUT, LeanTransport
 
 T = TypeVar("T")
 
-REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
 FOLLOW_TIMEOUT = (5.0, 3600.0)  # a followed container may be quiet for long, not forever
 LIST_PAGE_SIZE = 500
 MAX_LIST_PAGES = 1000
 CALL_THREADS = 8
 LOG_STREAM_THREADS = 16
-CREATE_CONNECTIONS = 64  # kept-alive connections; the leader has at most 32 creates in flight (its cap)
-AUTH_REFRESH_SECONDS = 5.0  # how stale the fast path's Authorization header may get (a 401 refreshes it)
 
 _BATCH = "/apis/batch/v1/namespaces/{namespace}"
 # CronJob is batch/v1 since Kubernetes 1.21 and was batch/v1beta1 until 1.25: tried in this order.
@@ -78,114 +71,6 @@ def _api_error_message(e: ApiException) -> str:
     return str(getattr(e, "reason", None) or "error")
 
 
-def _status_message(body: bytes, reason: str | None) -> str:
-    """The ``message`` of a Status body, else the HTTP reason."""
-    with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-        status = orjson.loads(body)
-        if isinstance(status, dict) and status.get("message"):
-            return str(status["message"])
-    return reason or "error"
-
-
-def _ssl_context(configuration: Any) -> ssl.SSLContext | None:
-    """The TLS settings of the client's configuration, as urllib3 would apply them; None: plain HTTP."""
-    if not str(configuration.host).startswith("https:"):
-        return None
-    cadata = configuration.ca_cert_data
-    if isinstance(cadata, bytes):
-        cadata = cadata.decode("ascii")
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert, cadata=cadata)
-    if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    if not configuration.verify_ssl:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif configuration.assert_hostname is False:
-        context.check_hostname = False
-    return context
-
-
-class _FastCreate:
-    """POST a Job body over aiohttp keep-alive connections, on the event loop: no thread, no client layers.
-
-    Made lazily in the loop that creates the first Job (an idle node opens nothing). The
-    Authorization header comes from ``configuration.auth_settings()``, which calls the client's
-    refresh hook; it is read again every ``AUTH_REFRESH_SECONDS`` (in the call pool: a hook may
-    read a file or run an exec plugin) and at once after a 401, then the create is retried once.
-    """
-
-    def __init__(self, configuration: Any, executor: ThreadPoolExecutor, clock: Callable[[], float]) -> None:
-        self._configuration = configuration
-        self._executor = executor
-        self._clock = clock
-        self._base = str(configuration.host).rstrip("/")
-        self._ssl = _ssl_context(configuration)
-        self._server_hostname: str | None = configuration.tls_server_name or None
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._authorization: str | None = None
-        self._auth_read_at = -1e18
-
-    def _auth_header(self) -> str | None:
-        bearer = self._configuration.auth_settings().get("BearerToken")
-        value = None if bearer is None else bearer.get("value")
-        return None if value is None else str(value)
-
-    async def _headers(self, force: bool = False) -> dict[str, str]:
-        now = self._clock()
-        if force or now - self._auth_read_at >= AUTH_REFRESH_SECONDS:
-            loop = asyncio.get_running_loop()
-            self._authorization = await loop.run_in_executor(self._executor, self._auth_header)
-            self._auth_read_at = now
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        if self._authorization:
-            headers["Authorization"] = self._authorization
-        return headers
-
-    def _session_here(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._loop is not loop or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=CREATE_CONNECTIONS, ssl=self._ssl if self._ssl is not None else False
-            )
-            timeout = aiohttp.ClientTimeout(connect=REQUEST_TIMEOUT[0], sock_read=REQUEST_TIMEOUT[1])
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",)
-            )
-            self._loop = loop
-        return self._session
-
-    async def post(self, what: str, path: str, body: bytes) -> int:
-        """The answer's status if 2xx or 409, else ``KubeError`` (with the status when there is one)."""
-        url = self._base + path
-        headers = await self._headers()
-        for attempt in (1, 2):
-            try:
-                async with self._session_here().post(
-                    url, data=body, headers=headers, server_hostname=self._server_hostname
-                ) as response:
-                    answer = await response.read()
-                    status = response.status
-                    reason = response.reason
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
-                raise KubeError(f"{what}: {type(e).__name__}: {e}") from e
-            if 200 <= status <= 299 or status == 409:
-                return status
-            if status == 401 and attempt == 1:
-                sent = headers.get("Authorization")
-                headers = await self._headers(force=True)
-                if headers.get("Authorization") != sent:
-                    continue  # the token rotated since it was read
-            raise KubeError(f"{what}: HTTP {status}: {_status_message(answer, reason)}", status=status)
-        raise AssertionError("unreachable")
-
-    async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            with contextlib.suppress(RuntimeError):  # its loop is gone: nothing left to close
-                await self._session.close()
-        self._session = None
-
-
 class KubeClient:
     """Jobs, pods, workloads, cronjobs and pod logs of one namespace, as plain dicts."""
 
@@ -197,6 +82,7 @@ class KubeClient:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.namespace = namespace
+        self.list_page_size = LIST_PAGE_SIZE  # items per list page (the API server's ``limit``)
         self._api = api_client
         self._calls = ThreadPoolExecutor(call_threads, thread_name_prefix="slimsched-kube")
         configuration = api_client.configuration
@@ -204,7 +90,7 @@ class KubeClient:
         proxied = bool(configuration.proxy) and not should_bypass_proxies(
             configuration.host, configuration.no_proxy or ""
         )
-        self._fast: _FastCreate | None = None if proxied else _FastCreate(configuration, self._calls, clock)
+        self._lean = None if proxied else LeanTransport(configuration, self._calls, clock)
         # A followed log holds a thread while it waits for the next line: kept apart so that
         # log readers can never starve job dispatch.
         self._streams = ThreadPoolExecutor(LOG_STREAM_THREADS, thread_name_prefix="slimsched-kube-log")
@@ -247,8 +133,8 @@ class KubeClient:
         return self._api.configuration
 
     async def close(self) -> None:
-        if self._fast is not None:
-            await self._fast.close()
+        if self._lean is not None:
+            await self._lean.close()
         self._calls.shutdown(wait=False, cancel_futures=True)
         self._streams.shutdown(wait=False, cancel_futures=True)
         self._api.close()
@@ -325,12 +211,16 @@ class KubeClient:
 
     async def _list(self, what: str, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
-        query = [("limit", str(LIST_PAGE_SIZE))]
+        query = [("limit", str(self.list_page_size))]
         if label_selector is not None:
             query.append(("labelSelector", label_selector))
         token: str | None = None
         for _ in range(MAX_LIST_PAGES):
-            page = await self._json(what, "GET", path, query=query + ([("continue", token)] if token else []))
+            page_query = query + ([("continue", token)] if token else [])
+            if self._lean is None:
+                page = await self._json(what, "GET", path, query=page_query)
+            else:
+                page = await self._lean.get_object(what, path.format(namespace=self.namespace), page_query)
             items.extend(page.get("items") or [])
             token = (page.get("metadata") or {}).get("continue") or None
             if token is None:
@@ -341,11 +231,13 @@ class KubeClient:
 
     async def create_job(self, manifest: Mapping[str, Any]) -> bool:
         """Create a Job: True if created, False if one of that name already exists (HTTP 409)."""
-        if self._fast is None:
+        if self._lean is None:
             return await self.create_job_through_client(manifest)
         name = (manifest.get("metadata") or {}).get("name")
         path = _BATCH.format(namespace=self.namespace) + "/jobs"
-        status = await self._fast.post(f"create job {name}", path, orjson.dumps(manifest))
+        status, _ = await self._lean.request(
+            f"create job {name}", "POST", path, body=orjson.dumps(manifest), also_ok=(409,)
+        )
         return status != 409
 
     async def create_job_through_client(self, manifest: Mapping[str, Any]) -> bool:

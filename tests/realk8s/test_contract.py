@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from slimsched import catalog
 from slimsched.errors import KubeError
 from slimsched.jobmanifest import build_job_manifest, kube_job_name, run_selector, run_status_from_job
 from slimsched.kube import KubeClient
+from slimsched.leader import RUN_IDS_PER_SELECTOR, Leader
 from slimsched.model import JobSpec, Run, RunStatus
 from tests import helpers
 from tests.realk8s.backends import Backend, RealBackend
@@ -122,6 +124,53 @@ async def test_a_burst_of_creates_on_kept_alive_connections_then_409s(
     assert await asyncio.gather(*(kube.create_job(m) for m in manifests)) == [False] * len(runs)
     names = {j["metadata"]["name"] for j in backend.jobs("slimsched/raft-term=3")}
     assert names == {r.kube_name for r in runs}
+
+
+def quiet_manifests(runs: list[Run], backend: Backend, term: int) -> list[dict[str, Any]]:
+    """The runs' Jobs without pods (the real tier's fake kubelet has nothing to do), labelled by term."""
+    manifests = [
+        build_job_manifest(r, namespace=backend.namespace, raft_term=term, raft_index=i, schedule_id=None)
+        for i, r in enumerate(runs)
+    ]
+    for m in manifests:
+        m["spec"]["parallelism"] = 0
+    return manifests
+
+
+async def test_lists_come_in_pages_that_make_the_whole_list_once(backend: Backend, kube: KubeClient) -> None:
+    """The status poll follows ``continue`` tokens (the server pages by ``limit``), on the lean path."""
+    runs = [make_run(f"page-{i}", "contract/ok:1") for i in range(7)]
+    await asyncio.gather(*(kube.create_job(m) for m in quiet_manifests(runs, backend, 4)))
+    query = urllib.parse.urlencode({"labelSelector": "slimsched/raft-term=4", "limit": "3"})
+    status, body, _ = backend.raw("GET", f"/apis/batch/v1/namespaces/{backend.namespace}/jobs?{query}", {})
+    assert status == 200, body
+    first = orjson.loads(body)
+    assert len(first["items"]) == 3
+    assert first["metadata"]["continue"], "a page with more to come carries a continue token"
+    assert "remainingItemCount" not in first["metadata"], "not counted for a label-selected list"
+    kube.list_page_size = 3
+    names = [j["metadata"]["name"] for j in await kube.list_jobs("slimsched/raft-term=4")]
+    assert sorted(names) == sorted(r.kube_name for r in runs), "every Job once, none twice"
+    query = urllib.parse.urlencode({"limit": "3", "continue": "not-a-token"})
+    status, body, _ = backend.raw("GET", f"/apis/batch/v1/namespaces/{backend.namespace}/jobs?{query}", {})
+    assert status == 400, body
+
+
+async def test_a_full_selector_of_long_run_ids_is_one_request(backend: Backend, kube: KubeClient) -> None:
+    """The status poll names up to RUN_IDS_PER_SELECTOR runs in a selector: the server takes the long URL."""
+    # 61-character run ids, as the ticks of a schedule with a 50-character name.
+    count = RUN_IDS_PER_SELECTOR + 1
+    runs = [make_run(f"{'x' * 50}-{1796454360 + i}", "contract/ok:1") for i in range(count)]
+    await asyncio.gather(*(kube.create_job(m) for m in quiet_manifests(runs, backend, 5)))
+    asked: list[str] = []
+
+    async def list_jobs(selector: str) -> list[dict[str, Any]]:
+        asked.append(selector)
+        return await kube.list_jobs(selector)
+
+    found = await Leader._list_of(runs, list_jobs)
+    assert len(asked) == 2 and len(asked[0]) > 6000, "one selector of 100 long ids, then the last one"
+    assert sorted(j["metadata"]["name"] for j in found) == sorted(r.kube_name for r in runs)
 
 
 def real_only(backend: Backend) -> RealBackend:

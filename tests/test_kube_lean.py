@@ -1,10 +1,12 @@
-"""KubeClient.create_job's own request path (issue 18) against a real aiohttp server over TLS.
+"""KubeClient's lean request path (issue 18: Job creates, list pages) against a real aiohttp server over TLS.
 
 What it must keep from the official client: the kubeconfig's CA (a server it does not vouch for
 is refused), the Authorization header as the client's Configuration gives it at the time (a
-refresh hook that rotates the token is honoured, at once after a 401), and the contract of
-``create_job``: True created, False on 409, anything else a ``KubeError`` with the status and the
-Status message. The same create is checked on a real kube-apiserver by tests/realk8s/test_contract.py.
+refresh hook that rotates the token is honoured, at once after a 401), and the contracts of
+``create_job`` (True created, False on 409, anything else a ``KubeError`` with the status and the
+Status message) and of the lists (every page followed; an answer that is not a JSON object is a
+``KubeError``). The same calls are checked on a real kube-apiserver by
+tests/realk8s/test_contract.py.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class FakeApiServer:
     names: set[str] = field(default_factory=set)
     authorizations: list[str | None] = field(default_factory=list)
     broken: bool = False
+    garbage: bool = False
 
     async def create(self, request: web.Request) -> web.Response:
         self.authorizations.append(request.headers.get("Authorization"))
@@ -52,6 +55,19 @@ class FakeApiServer:
             return self._status(409, "AlreadyExists", f'jobs.batch "{name}" already exists')
         self.names.add(name)
         return web.json_response(body, status=201)
+
+    async def list(self, request: web.Request) -> web.Response:
+        """Jobs in name order, ``limit`` at a time, the next page's first name as the token."""
+        self.authorizations.append(request.headers.get("Authorization"))
+        if request.headers.get("Authorization") != f"Bearer {self.accepted_token}":
+            return self._status(401, "Unauthorized", "Unauthorized")
+        if self.garbage:
+            return web.Response(body=b"<html>a proxy's error page</html>", content_type="text/html")
+        names = sorted(n for n in self.names if n >= request.query.get("continue", ""))
+        limit = int(request.query.get("limit", "0")) or len(names)
+        metadata = {"continue": names[limit]} if limit < len(names) else {}
+        items = [{"metadata": {"name": n}} for n in names[:limit]]
+        return web.json_response({"kind": "JobList", "metadata": metadata, "items": items})
 
     @staticmethod
     def _status(code: int, reason: str, message: str) -> web.Response:
@@ -77,6 +93,7 @@ async def server(tls: Tls) -> AsyncIterator[FakeApiServer]:
     fake = FakeApiServer(url=f"https://127.0.0.1:{port}")
     app = web.Application()
     app.router.add_post("/apis/batch/v1/namespaces/{ns}/jobs", fake.create)
+    app.router.add_get("/apis/batch/v1/namespaces/{ns}/jobs", fake.list)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls.server).start()
@@ -167,6 +184,36 @@ async def test_a_rotated_token_is_read_from_the_refresh_hook_after_a_401(
         assert hook_calls == ["Bearer good", "Bearer rotated"]
         assert await client.create_job(job("c")) is True
         assert server.authorizations[-1] == "Bearer rotated"
+    finally:
+        await client.close()
+
+
+async def test_a_list_follows_every_page_with_a_rotated_token_and_refuses_what_is_not_json(
+    server: FakeApiServer, tls: Tls, tmp_path: Path
+) -> None:
+    client = KubeClient.from_kubeconfig(kubeconfig(tmp_path, server.url, tls.ca_pem, "good"), NAMESPACE)
+    current = ["Bearer good"]
+
+    def refresh(configuration: Any) -> None:
+        configuration.api_key["BearerToken"] = current[0]
+
+    client.configuration.refresh_api_key_hook = refresh
+    client.list_page_size = 2
+    try:
+        server.names.update({"a", "b", "c", "d", "e"})
+        found = await client.list_jobs("slimsched/managed-by=slimsched")
+        assert [j["metadata"]["name"] for j in found] == ["a", "b", "c", "d", "e"]
+        assert server.authorizations == ["Bearer good"] * 3, "three pages of at most 2"
+        current[0] = "Bearer rotated"
+        server.accepted_token = "rotated"
+        found = await client.list_jobs("slimsched/managed-by=slimsched")
+        assert [j["metadata"]["name"] for j in found] == ["a", "b", "c", "d", "e"]
+        # One 401 with the header read earlier, then the three pages with the rotated token.
+        assert server.authorizations[3:] == ["Bearer good"] + ["Bearer rotated"] * 3
+        server.garbage = True
+        with pytest.raises(KubeError) as info:
+            await client.list_jobs("slimsched/managed-by=slimsched")
+        assert "not JSON" in str(info.value) and info.value.status is None
     finally:
         await client.close()
 
