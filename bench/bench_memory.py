@@ -52,6 +52,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMPORT_STEPS = (
     ("bare interpreter", ""),
     ("+ asyncio, orjson", "import asyncio, orjson"),
+    # pysyncobj imports it (for the Raft password) whenever it is installed: named on its own
+    ("+ cryptography.fernet", "import cryptography.fernet"),
     ("+ pysyncobj", "import pysyncobj"),
     ("+ aiohttp", "import aiohttp.web"),
     ("+ croniter, prometheus_client", "import croniter, prometheus_client"),
@@ -99,7 +101,6 @@ def runtime_venv() -> Iterator[str]:
 
 
 JOBS_CREATED = 128  # then idle again: the leader's create path (an aiohttp session, its connections) is open
-AFTER_JOBS = f"  same, idle again after the leader created {JOBS_CREATED} Jobs"
 AFTER_JOBS = f"  same, idle again after the leader created {JOBS_CREATED} Jobs"
 
 

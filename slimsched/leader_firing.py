@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,7 +23,8 @@ from slimsched.leader_dispatch import DispatchRole
 from slimsched.model import ConcurrencyPolicy, Run, RunStatus, Schedule, TickOutcome
 from slimsched.statemachine import Result, State, encode_command
 
-REFRESH_CHUNK = 2000
+REFRESH_CHUNK = 2000  # schedules planned per turn of the event loop when all are (a new term)
+FIRE_CHUNK = 64  # due schedules planned, and their ticks proposed, per turn of the event loop
 
 
 @dataclass(frozen=True)
@@ -56,22 +57,24 @@ class FiringRole(DispatchRole):
             return replace(plan, due=None, missed=(*plan.missed, plan.due))  # test only: none fires
         return plan
 
-    async def _refresh(self, sids: Iterable[str] | None, now: int) -> list[_Due]:
-        """Recompute heap entries (all when ``sids`` is None); return schedules with work now.
+    async def _refresh(self, sids: Iterable[str] | None, now: int) -> AsyncGenerator[list[_Due], None]:
+        """Recompute heap entries (all when ``sids`` is None); yield, chunk by chunk, those with work now.
 
-        Works in chunks that yield to the event loop, so a leader of 100,000 schedules keeps
-        answering (and its Raft thread keeps the lock) while it plans them all.
+        Chunks yield to the event loop in between, so a leader of 100,000 schedules keeps
+        answering (and its Raft thread keeps the lock) while it plans them all, and the ticks
+        of one chunk are proposed (and their Jobs created) while the next chunk is planned.
         """
         if sids is None:
             ids = self.raft.read(lambda st: list(st.schedules))
             self._due.clear()
+            size = REFRESH_CHUNK
         else:
             ids = list(sids)
             for sid in ids:
                 self._due.discard(sid)
-        work: list[_Due] = []
-        for start in range(0, len(ids), REFRESH_CHUNK):
-            chunk = ids[start : start + REFRESH_CHUNK]
+            size = FIRE_CHUNK
+        for start in range(0, len(ids), size):
+            chunk = ids[start : start + size]
 
             def read(state: State, chunk: list[str] = chunk) -> list[_Due]:
                 return [
@@ -86,6 +89,7 @@ class FiringRole(DispatchRole):
                     if i in state.schedules
                 ]
 
+            work: list[_Due] = []
             for due in self.raft.read(read):
                 plan = self._plan_for(due.schedule, due.last_fired, now)
                 if plan is None:
@@ -93,9 +97,10 @@ class FiringRole(DispatchRole):
                 if plan.due is not None or plan.missed:
                     work.append(_Due(due.schedule, due.last_fired, due.active_runs, plan))
                 self._due.put(due.schedule.id, plan.next_tick)
-            if len(ids) > REFRESH_CHUNK:
+            if work:
+                yield work
+            if start + size < len(ids):
                 await asyncio.sleep(0)
-        return work
 
     async def _cron_loop(self) -> None:
         sem = asyncio.Semaphore(self.timings.max_concurrent_proposals)
@@ -104,15 +109,26 @@ class FiringRole(DispatchRole):
             if self._rebuild:
                 self._rebuild = False
                 self._touched.clear()
-                work = await self._refresh(None, now)
+                sids: set[str] | None = None
             else:
-                due_ids = self._due.pop_due(now) | self._touched
+                sids = self._due.pop_due(now) | self._touched
                 self._touched.clear()
-                work = await self._refresh(due_ids, now) if due_ids else []
-            if work:
-                await asyncio.gather(*(self._fire(d, now, sem) for d in work))
-                # Fired ticks advanced last_fired: recompute those schedules' next ticks.
-                self._touched.update(d.schedule.id for d in work)
+            fired: list[asyncio.Task[None]] = []
+            try:
+                if sids is None or sids:
+                    async with contextlib.aclosing(self._refresh(sids, now)) as chunks:
+                        async for work in chunks:
+                            # They build and propose their FireTicks in the loop's next turn (one
+                            # Raft entry) while this loop plans the next chunk.
+                            fired.extend(asyncio.ensure_future(self._fire(d, now, sem)) for d in work)
+                            # Fired ticks advance last_fired: their next ticks are recomputed.
+                            self._touched.update(d.schedule.id for d in work)
+                if fired:
+                    await asyncio.gather(*fired)
+            finally:
+                for task in fired:  # the loop ends (its term did, or a _fire failed): so do they
+                    task.cancel()
+            if fired:
                 continue
             self._cron_wake.clear()
             first = self._due.first()

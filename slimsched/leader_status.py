@@ -25,6 +25,7 @@ LIST_BY_RUN_ID_MAX = 500
 # Run ids per "in (...)" label selector: at most ~7 KiB of URL with 63-character label values
 # (kube-apiserver takes up to 1 MiB of request line and headers).
 RUN_IDS_PER_SELECTOR = 100
+SYNC_RUNS_PER_TURN = 500  # active runs compared with their Jobs per turn of the event loop
 
 
 class StatusRole(DispatchRole):
@@ -102,7 +103,9 @@ class StatusRole(DispatchRole):
                 pods_by_job.setdefault(owner, []).append(pod)
         now_ms = int(self.clock() * 1000)
         moves: list[dict[str, Any]] = []
-        for run in active:
+        for n, run in enumerate(active, 1):
+            if n % SYNC_RUNS_PER_TURN == 0:
+                await asyncio.sleep(0)  # thousands of active runs: firing goes on in between
             job = jobs.get(run.kube_name)
             if job is None:
                 if run.status is RunStatus.DISPATCHING and run.id not in self._inflight:
