@@ -163,18 +163,26 @@ async def test_a_wrong_token_is_a_401_kube_error(server: FakeApiServer, tls: Tls
         await client.close()
 
 
-async def test_a_rotated_token_is_read_from_the_refresh_hook_after_a_401(
+def rotating_client(
     server: FakeApiServer, tls: Tls, tmp_path: Path
-) -> None:
+) -> tuple[KubeClient, list[str], list[str]]:
+    """A client whose refresh hook gives ``current[0]`` (first "Bearer good"), each call in ``hook_calls``."""
     client = KubeClient.from_kubeconfig(kubeconfig(tmp_path, server.url, tls.ca_pem, "good"), NAMESPACE)
     current = ["Bearer good"]
-    hook_calls = []
+    hook_calls: list[str] = []
 
     def refresh(configuration: Any) -> None:  # what load_incluster_config's hook does with the file
         hook_calls.append(current[0])
         configuration.api_key["BearerToken"] = current[0]
 
     client.configuration.refresh_api_key_hook = refresh
+    return client, current, hook_calls
+
+
+async def test_a_rotated_token_is_read_from_the_refresh_hook_after_a_401(
+    server: FakeApiServer, tls: Tls, tmp_path: Path
+) -> None:
+    client, current, hook_calls = rotating_client(server, tls, tmp_path)
     try:
         assert await client.create_job(job("a")) is True
         current[0] = "Bearer rotated"
@@ -191,13 +199,7 @@ async def test_a_rotated_token_is_read_from_the_refresh_hook_after_a_401(
 async def test_a_list_follows_every_page_with_a_rotated_token_and_refuses_what_is_not_json(
     server: FakeApiServer, tls: Tls, tmp_path: Path
 ) -> None:
-    client = KubeClient.from_kubeconfig(kubeconfig(tmp_path, server.url, tls.ca_pem, "good"), NAMESPACE)
-    current = ["Bearer good"]
-
-    def refresh(configuration: Any) -> None:
-        configuration.api_key["BearerToken"] = current[0]
-
-    client.configuration.refresh_api_key_hook = refresh
+    client, current, _ = rotating_client(server, tls, tmp_path)
     client.list_page_size = 2
     try:
         server.names.update({"a", "b", "c", "d", "e"})
