@@ -22,7 +22,6 @@ path for them too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ from kubernetes.client.rest import should_bypass_proxies
 from kubernetes.config.config_exception import ConfigException
 
 from slimsched.errors import KubeError
-from slimsched.kubelean import REQUEST_TIMEOUT, LeanTransport
+from slimsched.kubelean import REQUEST_TIMEOUT, LeanTransport, status_message
 
 T = TypeVar("T")
 
@@ -65,13 +64,8 @@ _CORE = "/api/v1/namespaces/{namespace}"
 
 def _api_error_message(e: ApiException) -> str:
     """The ``message`` of the Status object the API server sent, or the HTTP reason."""
-    body = getattr(e, "body", None)
-    if body:
-        with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-            status = orjson.loads(body)
-            if isinstance(status, dict) and status.get("message"):
-                return str(status["message"])
-    return str(getattr(e, "reason", None) or "error")
+    reason = getattr(e, "reason", None)
+    return status_message(getattr(e, "body", None) or b"", None if reason is None else str(reason))
 
 
 class KubeClient:

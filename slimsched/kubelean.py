@@ -29,7 +29,7 @@ CONNECTIONS = 64  # kept-alive connections; the leader has at most 32 creates in
 AUTH_REFRESH_SECONDS = 5.0  # how stale the Authorization header may get (a 401 refreshes it)
 
 
-def status_message(body: bytes, reason: str | None) -> str:
+def status_message(body: bytes | str, reason: str | None) -> str:
     """The ``message`` of a Status body, else the HTTP reason."""
     with contextlib.suppress(orjson.JSONDecodeError, TypeError):
         status = orjson.loads(body)

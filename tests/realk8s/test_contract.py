@@ -108,24 +108,6 @@ async def test_a_second_create_of_a_name_is_409_and_the_job_keeps_its_labels(
     assert pod["metadata"]["labels"]["job-name"] == run.kube_name
 
 
-async def test_a_burst_of_creates_on_kept_alive_connections_then_409s(
-    backend: Backend, kube: KubeClient
-) -> None:
-    """Issue 18's create path: 48 creates at once (more than one connection, reused), then again."""
-    backend.image("contract/ok:1", ImageScript(run_seconds=0.5))
-    runs = [make_run(f"burst-{i}", "contract/ok:1") for i in range(48)]
-    manifests = [
-        build_job_manifest(r, namespace=backend.namespace, raft_term=3, raft_index=i, schedule_id=None)
-        for i, r in enumerate(runs)
-    ]
-    for m in manifests:
-        m["spec"]["parallelism"] = 0  # no pods: the real tier's fake kubelet has nothing to do
-    assert await asyncio.gather(*(kube.create_job(m) for m in manifests)) == [True] * len(runs)
-    assert await asyncio.gather(*(kube.create_job(m) for m in manifests)) == [False] * len(runs)
-    names = {j["metadata"]["name"] for j in backend.jobs("slimsched/raft-term=3")}
-    assert names == {r.kube_name for r in runs}
-
-
 def quiet_manifests(runs: list[Run], backend: Backend, term: int) -> list[dict[str, Any]]:
     """The runs' Jobs without pods (the real tier's fake kubelet has nothing to do), labelled by term."""
     manifests = [
@@ -135,6 +117,19 @@ def quiet_manifests(runs: list[Run], backend: Backend, term: int) -> list[dict[s
     for m in manifests:
         m["spec"]["parallelism"] = 0
     return manifests
+
+
+async def test_a_burst_of_creates_on_kept_alive_connections_then_409s(
+    backend: Backend, kube: KubeClient
+) -> None:
+    """Issue 18's create path: 48 creates at once (more than one connection, reused), then again."""
+    backend.image("contract/ok:1", ImageScript(run_seconds=0.5))
+    runs = [make_run(f"burst-{i}", "contract/ok:1") for i in range(48)]
+    manifests = quiet_manifests(runs, backend, 3)
+    assert await asyncio.gather(*(kube.create_job(m) for m in manifests)) == [True] * len(runs)
+    assert await asyncio.gather(*(kube.create_job(m) for m in manifests)) == [False] * len(runs)
+    names = {j["metadata"]["name"] for j in backend.jobs("slimsched/raft-term=3")}
+    assert names == {r.kube_name for r in runs}
 
 
 async def test_lists_come_in_pages_that_make_the_whole_list_once(backend: Backend, kube: KubeClient) -> None:
